@@ -1,0 +1,84 @@
+//! Wires one worker: metrics, health, the HTTP client, the supervisor and the
+//! ops listener. `run` takes a bound listener and a shutdown token, so tests
+//! and the `demo` command drive it in-process.
+
+use std::sync::Arc;
+
+use tokio::{net::TcpListener, sync::watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::info;
+
+use crate::{
+    broker::{supervisor::Supervisor, BrokerError},
+    config::WorkerConfig,
+    metrics::Metrics,
+    ops::{self, Health},
+    worker::Worker,
+};
+
+/// A worker ready to run.
+pub struct Application {
+    config: WorkerConfig,
+    metrics: Metrics,
+    health: Health,
+}
+
+impl Application {
+    pub fn new(config: WorkerConfig) -> Self {
+        let metrics = Metrics::new();
+        let health = Health::new(metrics.clone());
+        Application {
+            config,
+            metrics,
+            health,
+        }
+    }
+
+    /// The worker's metrics (the `demo` command reads its tally here).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Runs the worker until `shutdown` is cancelled and in-flight messages
+    /// are settled (or the grace period is over).
+    ///
+    /// # Errors
+    /// A queue that exists with other arguments at start
+    /// ([`BrokerError::QueueMismatch`]), or an HTTP client that cannot be built.
+    pub async fn run(
+        self,
+        ops_listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let (pause_tx, pause_rx) = watch::channel(None);
+        let worker = Arc::new(Worker::new(&self.config, self.metrics.clone(), pause_tx)?);
+        if let Ok(addr) = ops_listener.local_addr() {
+            info!(%addr, "serving /metrics, /healthz and /readyz");
+        }
+        let ops_stop = CancellationToken::new();
+        let ops = tokio::spawn(ops::serve(
+            ops_listener,
+            self.health.clone(),
+            self.metrics.clone(),
+            ops_stop.clone(),
+        ));
+        let supervisor = Supervisor {
+            broker: self.config.broker.clone(),
+            prefetch: self.config.prefetch,
+            shutdown_grace: self.config.shutdown_grace,
+            worker,
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+            pause: pause_rx,
+            tracker: TaskTracker::new(),
+        };
+        let result: Result<(), BrokerError> = supervisor.run(shutdown).await;
+        ops_stop.cancel();
+        let _ = ops.await;
+        result.map_err(anyhow::Error::from)
+    }
+}

@@ -1,0 +1,93 @@
+//! The RabbitMQ edge: connections, topology, confirmed publishing, and the
+//! supervisor that keeps a consumer alive across broker faults.
+
+pub mod fields;
+pub mod publisher;
+pub mod supervisor;
+pub mod topology;
+
+use std::time::Duration;
+
+use lapin::{
+    protocol::{AMQPErrorKind, AMQPSoftError},
+    Connection, ConnectionProperties, ErrorKind,
+};
+
+use crate::config::BrokerConfig;
+
+/// How long one connection attempt may take before it counts as failed (an
+/// unreachable host can otherwise hang for the OS's TCP timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A broker-side failure, typed where callers branch on it.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A queue exists with other arguments (PRECONDITION_FAILED): a
+    /// configuration error at start, retried after a reconnect.
+    #[error(
+        "queue {queue:?} already exists with other arguments ({detail}); \
+         delete it or set BRIDGE_QUEUE_TYPE to match it"
+    )]
+    QueueMismatch { queue: String, detail: String },
+    /// A queue that a passive declare expected does not exist.
+    #[error("queue {0:?} does not exist")]
+    QueueMissing(String),
+    #[error("{context}: {source}")]
+    Amqp {
+        context: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+}
+
+impl BrokerError {
+    pub fn amqp(context: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
+        move |source| BrokerError::Amqp { context, source }
+    }
+
+    /// True for errors that are the operator's to fix, not the network's.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, BrokerError::QueueMismatch { .. })
+    }
+}
+
+/// True when the broker answered PRECONDITION_FAILED.
+pub fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ProtocolError(err)
+        if matches!(err.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
+}
+
+/// True when the broker answered NOT_FOUND.
+pub fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ProtocolError(err)
+        if matches!(err.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}
+
+/// Opens a connection named after its role (visible in the management UI).
+///
+/// # Errors
+/// When the broker cannot be reached or refuses us within [`CONNECT_TIMEOUT`].
+pub async fn connect(cfg: &BrokerConfig, role: &str) -> Result<Connection, BrokerError> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(format!("fanout-bridge {role} (pid {})", std::process::id()).into());
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect_uri(cfg.uri.0.clone(), props),
+    )
+    .await
+    .map_err(|_| BrokerError::Timeout("connecting to the broker"))?
+    .map_err(BrokerError::amqp("connecting to the broker"))
+}
+
+/// Closes a connection, ignoring a connection that is already gone.
+pub async fn close(conn: &Connection) {
+    if conn.status().connected() {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            conn.close(200, "fanout-bridge closing".into()),
+        )
+        .await;
+    }
+}

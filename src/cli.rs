@@ -1,0 +1,153 @@
+//! The command line: subcommands and their flags. Settings of the worker and
+//! of the broker come from the environment (`BRIDGE_*`), not from flags.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Settings come from BRIDGE_* environment variables (see the README), e.g.
+  BRIDGE_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f
+
+Examples:
+  fanout-bridge demo                      # try it: stand-in APIs + worker + 1000 messages
+  BRIDGE_USER_API_URL=http://users.internal/users \\
+  BRIDGE_LOG_API_URL=http://logs.internal/logs fanout-bridge run
+  fanout-bridge publish registrations.jsonl
+  fanout-bridge dlq stats";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fanout-bridge",
+    version,
+    about = "Consume JSON messages from RabbitMQ and deliver each to a user-management API and a logging API at once",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker: consume BRIDGE_QUEUE, call both APIs, ack or dead-letter
+    #[command(after_help = "\
+Example:
+  BRIDGE_USER_API_URL=http://127.0.0.1:8080/users \\
+  BRIDGE_LOG_API_URL=http://127.0.0.1:8080/logs \\
+  fanout-bridge run
+
+Metrics, /healthz and /readyz are served on BRIDGE_METRICS_ADDR (default 0.0.0.0:9464).
+SIGTERM or Ctrl-C drains in-flight messages for BRIDGE_SHUTDOWN_GRACE_MS, then exits 0.")]
+    Run,
+
+    /// Publish JSON lines (from FILE, or stdin) to the inbound queue, with confirms
+    #[command(after_help = "\
+Each non-blank line is one message, published persistent with a fresh message_id.
+A line that is not JSON is reported with its line number and not sent; the
+others are, and the exit code is then 1.
+
+Examples:
+  fanout-bridge publish registrations.jsonl
+  echo '{\"user\":\"ada\"}' | fanout-bridge publish")]
+    Publish {
+        /// File of JSON lines; `-` or nothing reads stdin
+        file: Option<PathBuf>,
+    },
+
+    /// Inspect and replay the dead-letter queue (BRIDGE_DLQ)
+    Dlq {
+        #[command(subcommand)]
+        action: DlqCommand,
+    },
+
+    /// Serve a stand-in for both APIs (POST on any path), for trying things out and benchmarks
+    #[command(after_help = "\
+Example:
+  fanout-bridge demo-api --listen 127.0.0.1:8080 --latency-ms 20 --fail-rate 0.05
+  # then BRIDGE_USER_API_URL=http://127.0.0.1:8080/users BRIDGE_LOG_API_URL=http://127.0.0.1:8080/logs")]
+    DemoApi {
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Delay before each answer, in milliseconds
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Fraction of requests answered 503 (0.0 to 1.0)
+        #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+        fail_rate: f64,
+    },
+
+    /// First run: stand-in APIs, the worker, N sample messages, a tally; runs until Ctrl-C
+    #[command(after_help = "\
+Needs a broker at BRIDGE_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f),
+e.g. `docker compose up -d rabbitmq`. Uses BRIDGE_QUEUE and BRIDGE_DLQ.
+
+Example:
+  fanout-bridge demo --count 500")]
+    Demo {
+        /// How many sample registrations to publish
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        count: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Print the DLQ depth and a count per failure reason
+    #[command(after_help = "Example:\n  fanout-bridge dlq stats")]
+    Stats,
+    /// Print dead-lettered messages as JSON lines (body and x-bridge-* headers), removing nothing
+    #[command(after_help = "Example:\n  fanout-bridge dlq peek --limit 5 | jq .")]
+    Peek {
+        /// At most this many messages
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// Move messages from the DLQ back to the inbound queue (confirmed before removal)
+    #[command(after_help = "\
+Each message keeps x-bridge-done-targets, so an API that already accepted it is
+not called again. Fix the cause first (e.g. the API is back), then replay.
+
+Examples:
+  fanout-bridge dlq replay --limit 100
+  fanout-bridge dlq replay            # everything that was in the DLQ when it started")]
+    Replay {
+        /// At most this many messages (default: the DLQ depth at start)
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+    },
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let f: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&f) {
+        Ok(f)
+    } else {
+        Err("must be between 0.0 and 1.0".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_subcommands() {
+        let cli = Cli::try_parse_from(["fanout-bridge", "dlq", "peek", "--limit", "3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Dlq {
+                action: DlqCommand::Peek { limit: 3 }
+            }
+        ));
+        assert!(Cli::try_parse_from(["fanout-bridge", "demo-api", "--fail-rate", "2"]).is_err());
+        assert!(Cli::try_parse_from(["fanout-bridge", "dlq", "replay", "--limit", "0"]).is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! `fanout-bridge publish [FILE]`: JSON lines to the inbound queue, each
+//! persistent with a fresh `message_id`, pipelined with publisher confirms.
+
+use std::{path::Path, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use futures::{stream::FuturesUnordered, StreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use lapin::{types::ShortString, BasicProperties};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+
+use crate::{
+    broker::{self, fields::PERSISTENT, publisher::Publisher, topology},
+    config::BrokerConfig,
+    domain::message::validate_json,
+};
+
+/// Publishes outstanding at once before waiting for confirms.
+const WINDOW: usize = 1024;
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a publish run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub confirmed: u64,
+    pub unconfirmed: u64,
+    /// Lines that are not JSON (not sent).
+    pub rejected: u64,
+}
+
+/// # Errors
+/// When the input cannot be read or the broker cannot be reached.
+pub async fn run(broker: &BrokerConfig, file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let input: Box<dyn AsyncBufRead + Unpin + Send> = match file {
+        Some(path) if path != Path::new("-") => Box::new(BufReader::new(
+            tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("cannot open {}", path.display()))?,
+        )),
+        _ => Box::new(BufReader::new(tokio::io::stdin())),
+    };
+    let summary = publish_lines(broker, input, |line, why| {
+        eprintln!("line {line}: {why}; not sent");
+    })
+    .await?;
+    println!("{} messages confirmed", summary.confirmed);
+    if summary.unconfirmed > 0 {
+        eprintln!(
+            "{} messages were not confirmed by the broker",
+            summary.unconfirmed
+        );
+    }
+    if summary.rejected > 0 {
+        eprintln!("{} lines were not JSON and were not sent", summary.rejected);
+    }
+    Ok(if summary.unconfirmed == 0 && summary.rejected == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Publishes every non-blank JSON line of `input`; `on_rejected(line_number,
+/// why)` is told of each line that is not JSON.
+///
+/// # Errors
+/// When reading fails or the broker cannot be reached or drops the connection.
+pub async fn publish_lines(
+    broker: &BrokerConfig,
+    mut input: impl AsyncBufRead + Unpin,
+    mut on_rejected: impl FnMut(u64, &str),
+) -> anyhow::Result<Summary> {
+    let conn = broker::connect(broker, "publish").await?;
+    let result = async {
+        let channel = conn.create_channel().await.context("opening a channel")?;
+        topology::declare_all(&channel, broker).await?;
+        let publisher = Publisher::open(&conn, CONFIRM_TIMEOUT).await?;
+        let progress = ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {pos} published ({per_sec})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        progress.enable_steady_tick(Duration::from_millis(120));
+        let mut summary = Summary::default();
+        let mut pending = FuturesUnordered::new();
+        let mut line = Vec::new();
+        let mut number = 0u64;
+        let settle = |r: Result<(), _>, summary: &mut Summary| match r {
+            Ok(()) => summary.confirmed += 1,
+            Err(e) => {
+                summary.unconfirmed += 1;
+                tracing::warn!(error = %e, "publish not confirmed");
+            }
+        };
+        loop {
+            line.clear();
+            if input
+                .read_until(b'\n', &mut line)
+                .await
+                .context("reading input")?
+                == 0
+            {
+                break;
+            }
+            number += 1;
+            let body = trim_newline(&line);
+            if body.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if let Err(why) = validate_json(body) {
+                summary.rejected += 1;
+                on_rejected(number, &why.0);
+                continue;
+            }
+            let props = BasicProperties::default()
+                .with_delivery_mode(PERSISTENT)
+                .with_content_type(ShortString::from("application/json"))
+                .with_message_id(ShortString::from(uuid::Uuid::new_v4().to_string()));
+            let confirm = publisher.send(&broker.queue, body, props).await?;
+            pending.push(publisher.confirmed(confirm));
+            progress.inc(1);
+            while pending.len() >= WINDOW {
+                if let Some(r) = pending.next().await {
+                    settle(r, &mut summary);
+                }
+            }
+        }
+        while let Some(r) = pending.next().await {
+            settle(r, &mut summary);
+        }
+        progress.finish_and_clear();
+        Ok(summary)
+    }
+    .await;
+    broker::close(&conn).await;
+    result
+}
+
+fn trim_newline(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}

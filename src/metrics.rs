@@ -1,0 +1,230 @@
+//! The Prometheus metrics of the contract, as typed handles.
+//!
+//! Outcomes are recorded through [`Metrics::record_outcome`] only, which also
+//! writes the one info line per message, so the log and the counters cannot
+//! drift apart.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::domain::Target;
+
+/// How a delivery ended, as the `outcome` label says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Acked,
+    DeadLettered,
+    Held,
+    /// Not settled here: nacked with requeue, or the ack could not be sent
+    /// because the channel was gone. Either way the broker delivers it again.
+    Requeued,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Acked,
+        Outcome::DeadLettered,
+        Outcome::Held,
+        Outcome::Requeued,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Acked => "acked",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Held => "held",
+            Outcome::Requeued => "requeued",
+        }
+    }
+}
+
+/// The result of one HTTP attempt, as the `result` label says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptResult {
+    Success,
+    TransientError,
+    PermanentError,
+}
+
+impl AttemptResult {
+    pub const ALL: [AttemptResult; 3] = [
+        AttemptResult::Success,
+        AttemptResult::TransientError,
+        AttemptResult::PermanentError,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttemptResult::Success => "success",
+            AttemptResult::TransientError => "transient_error",
+            AttemptResult::PermanentError => "permanent_error",
+        }
+    }
+}
+
+/// Cheap to clone: every handle is an `Arc` inside.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    messages: [IntCounter; 4],
+    api_requests: IntCounterVec,
+    api_duration: [Histogram; 2],
+    pub in_flight: IntGauge,
+    pub broker_connected: IntGauge,
+    pub dlq_depth: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        // Names and help texts are constants; registration into a fresh
+        // registry can only fail on a duplicate name, which is a programming
+        // error caught by the unit test below.
+        let messages_vec = IntCounterVec::new(
+            Opts::new(
+                "bridge_messages_total",
+                "Messages settled, by outcome (acked, dead_lettered, held, requeued).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "bridge_api_requests_total",
+                "HTTP attempts to the downstream APIs, by target and result.",
+            ),
+            &["target", "result"],
+        )
+        .expect("valid metric");
+        let api_duration_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "bridge_api_request_duration_seconds",
+                "Duration of one HTTP attempt to a downstream API.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["target"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new(
+            "bridge_messages_in_flight",
+            "Deliveries being processed by this worker.",
+        )
+        .expect("valid metric");
+        let broker_connected = IntGauge::new(
+            "bridge_broker_connected",
+            "1 while the worker is connected to the broker, else 0.",
+        )
+        .expect("valid metric");
+        let dlq_depth = IntGauge::new(
+            "bridge_dead_letter_queue_depth",
+            "Messages waiting in the dead-letter queue (refreshed every few seconds).",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(messages_vec.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(api_requests.clone()),
+            Box::new(api_duration_vec.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(broker_connected.clone()),
+            Box::new(dlq_depth.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        // Touch every label combination so a scrape shows zeros from the start.
+        for t in Target::ALL {
+            for r in AttemptResult::ALL {
+                api_requests.with_label_values(&[t.as_str(), r.as_str()]);
+            }
+        }
+        Metrics {
+            registry,
+            messages: Outcome::ALL.map(|o| messages_vec.with_label_values(&[o.as_str()])),
+            api_requests,
+            api_duration: Target::ALL.map(|t| api_duration_vec.with_label_values(&[t.as_str()])),
+            in_flight,
+            broker_connected,
+            dlq_depth,
+        }
+    }
+
+    pub fn count_outcome(&self, outcome: Outcome) {
+        self.messages[outcome as usize].inc();
+    }
+
+    pub fn outcome_count(&self, outcome: Outcome) -> u64 {
+        self.messages[outcome as usize].get()
+    }
+
+    pub fn record_attempt(&self, target: Target, result: AttemptResult, took: Duration) {
+        self.api_requests
+            .with_label_values(&[target.as_str(), result.as_str()])
+            .inc();
+        self.api_duration[target as usize].observe(took.as_secs_f64());
+    }
+
+    pub fn attempt_count(&self, target: Target, result: AttemptResult) -> u64 {
+        self.api_requests
+            .with_label_values(&[target.as_str(), result.as_str()])
+            .get()
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec only fails on an invalid metric family, which the
+        // registry never holds.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_contract_metric() {
+        let m = Metrics::new();
+        m.count_outcome(Outcome::DeadLettered);
+        m.record_attempt(
+            Target::Logging,
+            AttemptResult::TransientError,
+            Duration::from_millis(3),
+        );
+        let text = m.render();
+        for needle in [
+            "# TYPE bridge_messages_total counter",
+            "bridge_messages_total{outcome=\"acked\"} 0",
+            "bridge_messages_total{outcome=\"dead_lettered\"} 1",
+            "bridge_messages_total{outcome=\"held\"} 0",
+            "bridge_messages_total{outcome=\"requeued\"} 0",
+            "bridge_api_requests_total{result=\"transient_error\",target=\"logging\"} 1",
+            "bridge_api_requests_total{result=\"success\",target=\"user-management\"} 0",
+            "# TYPE bridge_api_request_duration_seconds histogram",
+            "bridge_api_request_duration_seconds_bucket{target=\"logging\",le=\"0.005\"} 1",
+            "# TYPE bridge_messages_in_flight gauge",
+            "# TYPE bridge_broker_connected gauge",
+            "# TYPE bridge_dead_letter_queue_depth gauge",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}
