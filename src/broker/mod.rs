@@ -81,6 +81,18 @@ pub async fn connect(cfg: &BrokerConfig, role: &str) -> Result<Connection, Broke
     .map_err(BrokerError::amqp("connecting to the broker"))
 }
 
+/// Closes a channel before its connection: a channel dropped while its
+/// connection closes makes lapin log a spurious connection error.
+pub async fn close_channel(channel: &lapin::Channel) {
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            channel.close(200, "fanout-bridge closing".into()),
+        )
+        .await;
+    }
+}
+
 /// Closes a connection, ignoring a connection that is already gone.
 pub async fn close(conn: &Connection) {
     if conn.status().connected() {

@@ -16,7 +16,7 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, warn};
 
-use super::{close, connect, publisher::Publisher, topology, BrokerError};
+use super::{close, close_channel, connect, publisher::Publisher, topology, BrokerError};
 use crate::{
     api::backoff::Backoff, config::BrokerConfig, metrics::Metrics, ops::Health, worker::Worker,
 };
@@ -114,6 +114,11 @@ impl Session {
     }
 
     async fn close(&self) {
+        if let Some(stats) = &self.stats {
+            close_channel(stats).await;
+        }
+        close_channel(self.publisher.channel()).await;
+        close_channel(&self.channel).await;
         close(&self.consume_conn).await;
         close(&self.publish_conn).await;
     }

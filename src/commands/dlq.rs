@@ -214,11 +214,15 @@ pub async fn replay_messages(broker: &BrokerConfig, limit: Option<u32>) -> anyho
                 }
             }
             if let Some(e) = failure {
+                broker::close_channel(publisher.channel()).await;
+                broker::close_channel(&channel).await;
                 return Err(anyhow::Error::from(e).context(format!(
                     "replay stopped after {moved} messages; the rest stay in the DLQ"
                 )));
             }
         }
+        broker::close_channel(publisher.channel()).await;
+        broker::close_channel(&channel).await;
         Ok(moved)
     }
     .await;
@@ -268,7 +272,11 @@ where
 {
     let conn = broker::connect(broker, "dlq").await?;
     let result = match conn.create_channel().await {
-        Ok(channel) => f(channel).await,
+        Ok(channel) => {
+            let result = f(channel.clone()).await;
+            broker::close_channel(&channel).await;
+            result
+        }
         Err(e) => Err(anyhow::Error::from(e).context("opening a channel")),
     };
     broker::close(&conn).await;

@@ -128,6 +128,8 @@ pub async fn publish_lines(
             settle(r, &mut summary);
         }
         progress.finish_and_clear();
+        broker::close_channel(publisher.channel()).await;
+        broker::close_channel(&channel).await;
         Ok(summary)
     }
     .await;
