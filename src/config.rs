@@ -62,8 +62,11 @@ impl RawConfig {
     /// Reads `BRIDGE_*` from any list of pairs (tests never touch the process
     /// environment).
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Self {
-        // Every field is an Option<String>, so deserialisation cannot fail; the
-        // fallback only guards against a future field of another type.
+        // A later pair overrides an earlier one, as in a shell; envy would
+        // reject the duplicate field instead.
+        let vars: std::collections::BTreeMap<String, String> = vars.into_iter().collect();
+        // Every field is an Option<String> and keys are unique, so
+        // deserialisation cannot fail.
         envy::prefixed(PREFIX).from_iter(vars).unwrap_or_default()
     }
 }
@@ -559,6 +562,19 @@ mod tests {
         );
         assert_eq!(c.broker.uri.0.query.heartbeat, Some(3));
         assert_eq!(c.broker.queue_type, QueueType::Quorum);
+    }
+
+    #[test]
+    fn later_values_override_earlier_ones() {
+        let c = raw(&[
+            URLS[0],
+            URLS[1],
+            ("BRIDGE_PREFETCH", "5"),
+            ("BRIDGE_PREFETCH", "7"),
+        ])
+        .worker_config()
+        .unwrap();
+        assert_eq!(c.prefetch, 7);
     }
 
     #[test]

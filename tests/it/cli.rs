@@ -1,0 +1,213 @@
+//! The binary's contract: exit codes, configuration errors that name the
+//! variable, `publish`, and the `dlq` tools end to end.
+
+use std::time::Duration;
+
+use lapin::{
+    options::QueueDeclareOptions,
+    types::{AMQPValue, FieldTable},
+    BasicProperties,
+};
+
+use crate::helpers::*;
+
+fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const URLS: [(&str, &str); 2] = [
+    ("BRIDGE_USER_API_URL", "http://127.0.0.1:9/users"),
+    ("BRIDGE_LOG_API_URL", "http://127.0.0.1:9/logs"),
+];
+
+#[tokio::test]
+async fn bad_configuration_exits_2_naming_the_variable() {
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![URLS[1]], "BRIDGE_USER_API_URL"),
+        (
+            vec![URLS[0], ("BRIDGE_LOG_API_URL", "not a url")],
+            "BRIDGE_LOG_API_URL",
+        ),
+        (
+            vec![URLS[0], URLS[1], ("BRIDGE_PREFETCH", "0")],
+            "BRIDGE_PREFETCH",
+        ),
+        (
+            vec![URLS[0], URLS[1], ("BRIDGE_PREFETCH", "abc")],
+            "BRIDGE_PREFETCH",
+        ),
+        (
+            vec![URLS[0], URLS[1], ("BRIDGE_MAX_ATTEMPTS", "0")],
+            "BRIDGE_MAX_ATTEMPTS",
+        ),
+        (
+            vec![URLS[0], URLS[1], ("BRIDGE_OUTAGE_POLICY", "retry")],
+            "BRIDGE_OUTAGE_POLICY",
+        ),
+        (
+            vec![URLS[0], URLS[1], ("BRIDGE_QUEUE_TYPE", "stream")],
+            "BRIDGE_QUEUE_TYPE",
+        ),
+        (
+            vec![URLS[0], URLS[1], ("BRIDGE_LOG_FORMAT", "xml")],
+            "BRIDGE_LOG_FORMAT",
+        ),
+        (
+            vec![URLS[0], URLS[1], ("BRIDGE_HTTP_TIMEOUT_MS", "soon")],
+            "BRIDGE_HTTP_TIMEOUT_MS",
+        ),
+    ];
+    for (pairs, name) in cases {
+        let (code, _, stderr) = run_bin(&["run"], &vars(&pairs), b"").await;
+        assert_eq!(code, 2, "{name}: {stderr}");
+        assert!(stderr.contains(name), "{name} not named in: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let (code, _, _) = run_bin(&["frobnicate"], &[], b"").await;
+    assert_eq!(code, 2);
+    let (code, _, _) = run_bin(&["dlq", "peek", "--limit", "x"], &[], b"").await;
+    assert_eq!(code, 2);
+    let (code, out, _) = run_bin(&["dlq", "replay", "--help"], &[], b"").await;
+    assert_eq!(code, 0);
+    assert!(out.contains("Example"), "{out}");
+}
+
+#[tokio::test]
+async fn a_queue_with_other_arguments_exits_2_naming_it() {
+    let broker = Broker::new("mismatch").await;
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(10));
+    broker
+        .channel
+        .queue_declare(
+            broker.queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    let mut v = broker.vars();
+    v.extend(vars(&URLS));
+    v.push((
+        "BRIDGE_METRICS_ADDR".into(),
+        format!("127.0.0.1:{}", free_port()),
+    ));
+    let (code, _, stderr) = run_bin(&["run"], &v, b"").await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&broker.queue), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn publish_reports_bad_lines_by_number_and_sends_the_rest() {
+    let broker = Broker::new("publish").await;
+    let input = b"{\"a\":1}\n\nnot json\n[2]\n   \n{\"b\":\n";
+    let (code, stdout, stderr) = run_bin(&["publish"], &broker.vars(), input).await;
+    assert_eq!(code, 1, "a bad line makes the exit code 1");
+    assert!(stdout.contains("2 messages confirmed"), "{stdout}");
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(stderr.contains("line 6"), "{stderr}");
+    let sent = broker.drain(&broker.queue).await;
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0].data, b"{\"a\":1}");
+    assert_eq!(sent[0].properties.delivery_mode(), &Some(2));
+    let ids: Vec<_> = sent
+        .iter()
+        .map(|d| d.properties.message_id().clone().unwrap())
+        .collect();
+    assert_ne!(ids[0], ids[1], "each line gets a fresh message_id");
+
+    let file = std::env::temp_dir().join(format!("{}.jsonl", broker.queue));
+    std::fs::write(&file, "{\"c\":3}\n").unwrap();
+    let (code, stdout, _) =
+        run_bin(&["publish", file.to_str().unwrap()], &broker.vars(), b"").await;
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(code, 0);
+    assert!(stdout.contains("1 messages confirmed"), "{stdout}");
+}
+
+#[tokio::test]
+async fn dlq_stats_peek_and_replay_without_calling_the_done_api_again() {
+    let broker = Broker::new("dlqtools").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    log.always(Reply::status(503));
+    let worker = Worker::start(&broker, fast_settings(&user, &log)).await;
+    for i in 0..3 {
+        broker
+            .publish(
+                format!("{{\"i\":{i}}}").as_bytes(),
+                BasicProperties::default().with_message_id(format!("d-{i}").into()),
+            )
+            .await;
+    }
+    worker.wait_settled(3).await;
+    broker.publish(b"oops", BasicProperties::default()).await;
+    worker.wait_settled(4).await;
+
+    let v = broker.vars();
+    let (code, stdout, stderr) = run_bin(&["dlq", "stats"], &v, b"").await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("depth: 4"), "{stdout}");
+    assert!(stdout.contains("api_failed: 3"), "{stdout}");
+    assert!(stdout.contains("invalid_payload: 1"), "{stdout}");
+
+    let (code, stdout, _) = run_bin(&["dlq", "peek", "--limit", "2"], &v, b"").await;
+    assert_eq!(code, 0);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[0]["body"].as_str().unwrap().starts_with("{\"i\":"),
+        "{stdout}"
+    );
+    assert_eq!(lines[0]["headers"]["x-bridge-reason"], "api_failed");
+    assert_eq!(
+        lines[0]["headers"]["x-bridge-done-targets"],
+        "user-management"
+    );
+    assert_eq!(lines[0]["headers"]["x-bridge-attempts"], 3);
+    assert_eq!(broker.depth(&broker.dlq).await, 4, "peek removes nothing");
+
+    // The logging API recovers; replay moves three messages back.
+    log.always(Reply::ok());
+    let user_calls_before = user.count();
+    let (code, stdout, stderr) = run_bin(&["dlq", "replay", "--limit", "3"], &v, b"").await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("3 messages replayed"), "{stdout}");
+    wait_until("replayed messages acked", Duration::from_secs(10), || {
+        let acked = worker.count(fanout_bridge::metrics::Outcome::Acked);
+        async move { acked >= 3 }
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(
+        user.count(),
+        user_calls_before,
+        "user-management had accepted them: not called again"
+    );
+    let logged: Vec<String> = log
+        .received()
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.header("idempotency-key").unwrap())
+        .collect();
+    assert_eq!(logged.len(), 3);
+    assert!(logged.iter().all(|k| k.starts_with("d-")), "{logged:?}");
+    let left = broker.drain(&broker.dlq).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        header_text(&left[0], "x-bridge-reason").as_deref(),
+        Some("invalid_payload")
+    );
+}

@@ -1,0 +1,150 @@
+//! Bad input and failed calls end in the DLQ with their reason, body byte for
+//! byte and properties kept; a DLQ publish that is not confirmed never drops
+//! the message.
+
+use std::time::Duration;
+
+use fanout_bridge::metrics::Outcome;
+use lapin::BasicProperties;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn invalid_json_goes_to_the_dlq_without_calling_any_api() {
+    let broker = Broker::new("badjson").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    let worker = Worker::start(&broker, fast_settings(&user, &log)).await;
+
+    let body = b"{\"email\": \"ada@example.com\", ";
+    broker.publish(body, BasicProperties::default()).await;
+    worker.wait_settled(1).await;
+    worker.stop().await;
+
+    assert_eq!(
+        user.count() + log.count(),
+        0,
+        "no API is called for a bad body"
+    );
+    let dead = broker.drain(&broker.dlq).await;
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(&d.data[..], &body[..]);
+    assert_eq!(
+        header_text(d, "x-bridge-reason").as_deref(),
+        Some("invalid_payload")
+    );
+    assert_eq!(
+        header_text(d, "x-bridge-failed-targets").as_deref(),
+        Some("")
+    );
+    assert_eq!(header_text(d, "x-bridge-done-targets").as_deref(), Some(""));
+    assert_eq!(header_int(d, "x-bridge-attempts"), Some(0));
+    let error = header_text(d, "x-bridge-error").unwrap();
+    assert!(
+        error.contains("line 1 column"),
+        "says where the JSON breaks: {error}"
+    );
+    let at = header_text(d, "x-bridge-dead-lettered-at").unwrap();
+    assert!(at.ends_with('Z') && at.contains('T'), "RFC 3339 UTC: {at}");
+    assert_eq!(d.properties.delivery_mode(), &Some(2), "persistent");
+    let id = d
+        .properties
+        .message_id()
+        .as_ref()
+        .expect("gains M as message_id")
+        .to_string();
+    assert!(id.starts_with("sha256:"), "{id}");
+}
+
+#[tokio::test]
+async fn non_utf8_and_empty_bodies_are_invalid_payloads() {
+    let broker = Broker::new("notutf8").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    let worker = Worker::start(&broker, fast_settings(&user, &log)).await;
+
+    broker
+        .publish(b"{\"a\":\"\xff\xfe\"}", BasicProperties::default())
+        .await;
+    broker.publish(b"", BasicProperties::default()).await;
+    worker.wait_settled(2).await;
+    worker.stop().await;
+
+    let dead = broker.drain(&broker.dlq).await;
+    assert_eq!(dead.len(), 2);
+    let errors: Vec<String> = dead
+        .iter()
+        .map(|d| header_text(d, "x-bridge-error").unwrap())
+        .collect();
+    assert!(errors.iter().any(|e| e.contains("not UTF-8")), "{errors:?}");
+    assert!(
+        dead.iter().any(|d| d.data == b"{\"a\":\"\xff\xfe\"}"),
+        "body kept byte for byte"
+    );
+    assert_eq!(user.count() + log.count(), 0);
+}
+
+#[tokio::test]
+async fn dead_lettered_copy_keeps_the_properties() {
+    let broker = Broker::new("props").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    log.always(Reply::status(422));
+    let worker = Worker::start(&broker, fast_settings(&user, &log)).await;
+
+    let props = BasicProperties::default()
+        .with_message_id("keep-1".into())
+        .with_correlation_id("corr-9".into())
+        .with_type("user.updated".into())
+        .with_content_type("application/json".into())
+        .with_headers(headers(&[("tenant", "acme")]));
+    broker.publish(b"{\"id\":9}", props).await;
+    worker.wait_settled(1).await;
+    worker.stop().await;
+
+    let d = &broker.drain(&broker.dlq).await[0];
+    let p = &d.properties;
+    assert_eq!(p.message_id().as_ref().unwrap().as_str(), "keep-1");
+    assert_eq!(p.correlation_id().as_ref().unwrap().as_str(), "corr-9");
+    assert_eq!(p.kind().as_ref().unwrap().as_str(), "user.updated");
+    assert_eq!(
+        p.content_type().as_ref().unwrap().as_str(),
+        "application/json"
+    );
+    assert_eq!(header_text(d, "tenant").as_deref(), Some("acme"));
+    assert_eq!(
+        header_text(d, "x-bridge-done-targets").as_deref(),
+        Some("user-management")
+    );
+    assert_eq!(
+        header_text(d, "x-bridge-error").as_deref(),
+        Some("logging: HTTP 422 after 1 attempt")
+    );
+}
+
+#[tokio::test]
+async fn an_unroutable_dead_letter_is_requeued_never_dropped() {
+    let broker = Broker::new("nodlq").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    let worker = Worker::start(&broker, fast_settings(&user, &log)).await;
+    // The DLQ disappears under the running worker.
+    broker.delete(&broker.dlq).await;
+
+    broker
+        .publish(b"not json", BasicProperties::default())
+        .await;
+    wait_until("the message is requeued", Duration::from_secs(10), || {
+        let requeued = worker.count(Outcome::Requeued);
+        async move { requeued >= 1 }
+    })
+    .await;
+    assert_eq!(
+        worker.count(Outcome::DeadLettered),
+        0,
+        "an unroutable publish is not a confirm"
+    );
+    worker.stop().await;
+    assert_eq!(
+        broker.depth(&broker.queue).await,
+        1,
+        "the message waits in the inbound queue"
+    );
+}

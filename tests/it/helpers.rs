@@ -1,0 +1,618 @@
+//! Test fixtures: a real broker connection with per-test queue names, fake
+//! APIs that are real HTTP servers, an in-process worker, and condition waits.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::VecDeque,
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    Router,
+};
+use fanout_bridge::{
+    app::Application,
+    config::RawConfig,
+    metrics::{Metrics, Outcome},
+};
+use lapin::{
+    options::{
+        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+    BasicProperties, Channel, Connection, ConnectionProperties,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub fn amqp_url() -> String {
+    std::env::var("BRIDGE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Polls `cond` until it is true, or panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("test.{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+// === Broker ===
+
+/// A connection for the test itself, and the queues it must delete.
+pub struct Broker {
+    pub conn: Connection,
+    pub channel: Channel,
+    pub queue: String,
+    pub dlq: String,
+}
+
+impl Broker {
+    pub async fn new(name: &str) -> Broker {
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("the test broker must run on BRIDGE_TEST_AMQP_URL (default 127.0.0.1:5672)");
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        Broker {
+            conn,
+            channel,
+            queue: unique(name),
+            dlq: unique(&format!("{name}.dlq")),
+        }
+    }
+
+    /// A fresh connection (after the broker restarted), same queues.
+    pub async fn reconnect(&mut self) {
+        self.conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        self.channel = self.conn.create_channel().await.unwrap();
+        self.channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+    }
+
+    /// The worker's settings for this test's queues.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        vec![
+            ("BRIDGE_AMQP_URL".into(), amqp_url()),
+            ("BRIDGE_QUEUE".into(), self.queue.clone()),
+            ("BRIDGE_DLQ".into(), self.dlq.clone()),
+        ]
+    }
+
+    pub async fn declare(&self) {
+        for q in [&self.queue, &self.dlq] {
+            self.channel
+                .queue_declare(
+                    q.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    pub async fn publish(&self, body: &[u8], props: BasicProperties) {
+        self.publish_to(&self.queue.clone(), body, props).await;
+    }
+
+    pub async fn publish_to(&self, queue: &str, body: &[u8], props: BasicProperties) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                props.with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(
+            confirm.is_ack() && confirm.take_message().is_none(),
+            "test publish not routed"
+        );
+    }
+
+    /// Ready messages in a queue (0 if it does not exist).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let ch = self.conn.create_channel().await.unwrap();
+        let depth = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|q| q.message_count())
+            .unwrap_or(0);
+        let _ = ch.close(200, "".into()).await;
+        depth
+    }
+
+    /// Takes every message from a queue.
+    pub async fn drain(&self, queue: &str) -> Vec<lapin::message::Delivery> {
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            out.push(m.delivery);
+        }
+        out
+    }
+
+    pub async fn delete(&self, queue: &str) {
+        let _ = self
+            .channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+impl Drop for Broker {
+    /// Deletes the test's queues even when the test failed: the broker
+    /// outlives the test run.
+    fn drop(&mut self) {
+        let queues = [self.queue.clone(), self.dlq.clone()];
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(conn) =
+                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+                {
+                    if let Ok(ch) = conn.create_channel().await {
+                        for q in queues {
+                            let _ = ch
+                                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                                .await;
+                        }
+                    }
+                    let _ = conn.close(200, "".into()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn headers(pairs: &[(&str, &str)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert(
+            ShortString::from(*k),
+            AMQPValue::LongString(LongString::from(*v)),
+        );
+    }
+    t
+}
+
+pub fn header_text(d: &lapin::message::Delivery, key: &str) -> Option<String> {
+    fanout_bridge::broker::fields::header_text(d.properties.headers().as_ref(), key)
+        .map(|c| c.into_owned())
+}
+
+pub fn header_int(d: &lapin::message::Delivery, key: &str) -> Option<i64> {
+    fanout_bridge::broker::fields::header_int(d.properties.headers().as_ref(), key)
+}
+
+// === Fake APIs ===
+
+/// One answer of a fake API.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
+    }
+    pub fn ok() -> Reply {
+        Reply::status(200)
+    }
+    pub fn delay(mut self, d: Duration) -> Reply {
+        self.delay = d;
+        self
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Reply {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+}
+
+/// What a fake API received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub started: Instant,
+    pub answered: Instant,
+    pub status: u16,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+#[derive(Default)]
+struct FakeState {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<Reply>>,
+    default: Mutex<Option<Reply>>,
+}
+
+/// A real HTTP server playing one API: answers from a script, then a
+/// default, and records every request.
+#[derive(Clone)]
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    state: Arc<FakeState>,
+}
+
+impl FakeApi {
+    pub async fn start() -> FakeApi {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(FakeState::default());
+        let app = Router::new()
+            .fallback(answer)
+            .with_state(Arc::clone(&state));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeApi { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+
+    /// Answers `reply` to the next requests, in order, before the default.
+    pub fn then(&self, reply: Reply) -> &Self {
+        self.state.script.lock().unwrap().push_back(reply);
+        self
+    }
+
+    /// Answers `reply` once the script is used up (200 until set).
+    pub fn always(&self, reply: Reply) {
+        *self.state.default.lock().unwrap() = Some(reply);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.received.lock().unwrap().len()
+    }
+
+    /// How many requests carried each Idempotency-Key.
+    pub fn per_key(&self) -> std::collections::HashMap<String, usize> {
+        let mut m = std::collections::HashMap::new();
+        for r in self.received() {
+            *m.entry(r.header("idempotency-key").unwrap_or_default())
+                .or_default() += 1;
+        }
+        m
+    }
+}
+
+async fn answer(
+    State(state): State<Arc<FakeState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let reply = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .or_else(|| state.default.lock().unwrap().clone())
+        .unwrap_or_else(Reply::ok);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    state.received.lock().unwrap().push(Received {
+        path: uri.path().to_owned(),
+        headers,
+        body,
+        started,
+        answered: Instant::now(),
+        status: reply.status,
+    });
+    let mut response = (StatusCode::from_u16(reply.status).unwrap(), "{}").into_response();
+    for (k, v) in reply.headers {
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    response
+}
+
+// === Worker ===
+
+/// A worker running in this process against the test's queues and fakes.
+pub struct Worker {
+    pub metrics: Metrics,
+    pub ops: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Settings most tests share: fast retries, short timeouts.
+pub fn fast_settings(user: &FakeApi, log: &FakeApi) -> Vec<(String, String)> {
+    vec![
+        ("BRIDGE_USER_API_URL".into(), user.url()),
+        ("BRIDGE_LOG_API_URL".into(), log.url()),
+        ("BRIDGE_RETRY_BACKOFF_MS".into(), "20".into()),
+        ("BRIDGE_HTTP_TIMEOUT_MS".into(), "2000".into()),
+        ("BRIDGE_SHUTDOWN_GRACE_MS".into(), "5000".into()),
+    ]
+}
+
+impl Worker {
+    pub async fn start(broker: &Broker, settings: Vec<(String, String)>) -> Worker {
+        let mut vars = broker.vars();
+        vars.extend(settings);
+        let config = RawConfig::from_vars(vars)
+            .worker_config()
+            .expect("test settings are valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ops = listener.local_addr().unwrap();
+        let app = Application::new(config);
+        let metrics = app.metrics().clone();
+        let health = app.health().clone();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run(listener, stop.clone()));
+        wait_until("the worker is consuming", Duration::from_secs(15), || {
+            let ready = health.is_ready();
+            async move { ready }
+        })
+        .await;
+        Worker {
+            metrics,
+            ops,
+            stop,
+            task,
+        }
+    }
+
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.metrics.outcome_count(outcome)
+    }
+
+    pub fn settled(&self) -> u64 {
+        self.count(Outcome::Acked) + self.count(Outcome::DeadLettered)
+    }
+
+    pub async fn wait_settled(&self, n: u64) {
+        wait_until(
+            &format!("{n} messages settled"),
+            Duration::from_secs(20),
+            || {
+                let settled = self.settled();
+                async move { settled >= n }
+            },
+        )
+        .await;
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// GETs a path of a local HTTP server: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
+
+// === The built binary ===
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fanout-bridge");
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the binary to completion with `vars` and `stdin`; returns (code,
+/// stdout, stderr).
+pub async fn run_bin(
+    args: &[&str],
+    vars: &[(String, String)],
+    stdin: &[u8],
+) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .envs(vars.iter().cloned())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the command finished within 60 s")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `fanout-bridge run` as a child process, for tests where a process must die.
+pub struct Process {
+    pub child: std::process::Child,
+    pub ops: SocketAddr,
+    pub log: std::path::PathBuf,
+}
+
+impl Process {
+    pub async fn start(broker: &Broker, settings: Vec<(String, String)>) -> Process {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!(
+            "fanout-bridge-test-{}.log",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let child = std::process::Command::new(BIN)
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .envs(broker.vars())
+            .envs(settings)
+            .env("BRIDGE_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let ops: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let p = Process { child, ops, log };
+        p.wait_ready().await;
+        p
+    }
+
+    pub async fn ready(&self) -> bool {
+        matches!(
+            reqwest::get(format!("http://{}/readyz", self.ops)).await,
+            Ok(r) if r.status() == 200
+        )
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_until(
+            "the worker process is ready",
+            Duration::from_secs(20),
+            || self.ready(),
+        )
+        .await;
+    }
+
+    /// A metric's value, summed over its series.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let Ok(r) = reqwest::get(format!("http://{}/metrics", self.ops)).await else {
+            return -1.0;
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {timeout:?}; log: {}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

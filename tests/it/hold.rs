@@ -1,0 +1,87 @@
+//! `BRIDGE_OUTAGE_POLICY=hold`: an API outage leaves messages in the inbound
+//! queue, not the DLQ, and the API that accepted one is not called again.
+
+use std::time::Duration;
+
+use fanout_bridge::metrics::Outcome;
+use lapin::BasicProperties;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn outage_holds_messages_in_the_queue_then_delivers_them() {
+    let broker = Broker::new("hold").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    // Logging is down for the first ten attempts (five messages × two).
+    for _ in 0..10 {
+        log.then(Reply::status(503));
+    }
+    let mut settings = fast_settings(&user, &log);
+    settings.push(("BRIDGE_OUTAGE_POLICY".into(), "hold".into()));
+    settings.push(("BRIDGE_OUTAGE_PAUSE_MS".into(), "2000".into()));
+    settings.push(("BRIDGE_MAX_ATTEMPTS".into(), "2".into()));
+    let worker = Worker::start(&broker, settings).await;
+
+    for i in 0..5 {
+        let props = BasicProperties::default().with_message_id(format!("h-{i}").into());
+        broker.publish(b"{}", props).await;
+    }
+    wait_until("every message held once", Duration::from_secs(10), || {
+        let held = worker.count(Outcome::Held);
+        async move { held >= 5 }
+    })
+    .await;
+    // During the pause the held messages wait in the queue, and the worker
+    // still counts as ready.
+    wait_until(
+        "held messages ready in the inbound queue",
+        Duration::from_millis(1500),
+        || {
+            let b = &broker;
+            async move { b.depth(&b.queue).await == 5 }
+        },
+    )
+    .await;
+    assert_eq!(http_get(worker.ops, "/readyz").await.0, 200);
+
+    wait_until(
+        "all delivered after the outage",
+        Duration::from_secs(15),
+        || {
+            let acked = worker.count(Outcome::Acked);
+            async move { acked >= 5 }
+        },
+    )
+    .await;
+    worker.stop().await;
+
+    assert_eq!(broker.depth(&broker.dlq).await, 0, "nothing dead-lettered");
+    assert_eq!(broker.depth(&broker.queue).await, 0);
+    let per_user_key = user.per_key();
+    assert_eq!(per_user_key.len(), 5);
+    assert!(
+        per_user_key.values().all(|&n| n == 1),
+        "user-management called again: {per_user_key:?}"
+    );
+    assert_eq!(log.per_key().len(), 5);
+}
+
+#[tokio::test]
+async fn a_permanent_failure_dead_letters_even_under_hold() {
+    let broker = Broker::new("holdperm").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    user.always(Reply::status(404));
+    log.always(Reply::status(503));
+    let mut settings = fast_settings(&user, &log);
+    settings.push(("BRIDGE_OUTAGE_POLICY".into(), "hold".into()));
+    let worker = Worker::start(&broker, settings).await;
+
+    broker.publish(b"{}", BasicProperties::default()).await;
+    worker.wait_settled(1).await;
+    worker.stop().await;
+    assert_eq!(worker_dead(&broker).await, 1);
+}
+
+async fn worker_dead(broker: &Broker) -> usize {
+    broker.drain(&broker.dlq).await.len()
+}

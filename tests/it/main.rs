@@ -1,0 +1,15 @@
+//! Integration tests: the real RabbitMQ (BRIDGE_TEST_AMQP_URL, default
+//! 127.0.0.1:5672), real HTTP servers playing the two APIs, queue names
+//! unique per test.
+
+mod helpers;
+
+mod cli;
+mod dead_letter;
+mod fanout;
+mod hold;
+mod observability;
+mod process;
+mod rate_limit;
+mod replay;
+mod retry;
