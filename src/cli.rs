@@ -92,6 +92,19 @@ Example:
     },
 }
 
+impl Command {
+    /// The log filter when `RUST_LOG` is unset: the worker reports every
+    /// message at `info`; the tools print their results on stdout and log
+    /// only problems; the demo keeps its terminal for the progress bar.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            Command::Run | Command::DemoApi { .. } => "info",
+            Command::Publish { .. } | Command::Dlq { .. } => "warn",
+            Command::Demo { .. } => "error",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// Print the DLQ depth and a count per failure reason

@@ -1,13 +1,14 @@
 //! Log lines on stderr, as text or JSON, filtered by `RUST_LOG` (default
-//! `info`).
+//! chosen by the command: `info` for the worker, quieter for the tools).
 
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; a second call is a no-op.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber; a second call is a no-op. `default` is the
+/// filter used when `RUST_LOG` is not set.
+pub fn init(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

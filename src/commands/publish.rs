@@ -19,6 +19,9 @@ use crate::{
 const WINDOW: usize = 1024;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Told of each line that is not JSON: (line number, why).
+pub type OnRejected<'a> = &'a mut dyn FnMut(u64, &str);
+
 /// What a publish run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
@@ -39,10 +42,8 @@ pub async fn run(broker: &BrokerConfig, file: Option<&Path>) -> anyhow::Result<E
         )),
         _ => Box::new(BufReader::new(tokio::io::stdin())),
     };
-    let summary = publish_lines(broker, input, |line, why| {
-        eprintln!("line {line}: {why}; not sent");
-    })
-    .await?;
+    let mut report = |line: u64, why: &str| eprintln!("line {line}: {why}; not sent");
+    let summary = publish_lines(broker, input, Some(&mut report)).await?;
     println!("{} messages confirmed", summary.confirmed);
     if summary.unconfirmed > 0 {
         eprintln!(
@@ -60,15 +61,17 @@ pub async fn run(broker: &BrokerConfig, file: Option<&Path>) -> anyhow::Result<E
     })
 }
 
-/// Publishes every non-blank JSON line of `input`; `on_rejected(line_number,
-/// why)` is told of each line that is not JSON.
+/// Publishes every non-blank line of `input`. With `on_rejected`, lines that
+/// are not JSON are not sent and `on_rejected(line_number, why)` is told of
+/// each; without it every line is sent as it is (the `demo` uses that to show
+/// what the worker does with a bad message).
 ///
 /// # Errors
 /// When reading fails or the broker cannot be reached or drops the connection.
 pub async fn publish_lines(
     broker: &BrokerConfig,
     mut input: impl AsyncBufRead + Unpin,
-    mut on_rejected: impl FnMut(u64, &str),
+    mut on_rejected: Option<OnRejected<'_>>,
 ) -> anyhow::Result<Summary> {
     let conn = broker::connect(broker, "publish").await?;
     let result = async {
@@ -106,10 +109,12 @@ pub async fn publish_lines(
             if body.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            if let Err(why) = validate_json(body) {
-                summary.rejected += 1;
-                on_rejected(number, &why.0);
-                continue;
+            if let Some(report) = on_rejected.as_mut() {
+                if let Err(why) = validate_json(body) {
+                    summary.rejected += 1;
+                    report(number, &why.0);
+                    continue;
+                }
             }
             let props = BasicProperties::default()
                 .with_delivery_mode(PERSISTENT)
