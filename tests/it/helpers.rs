@@ -529,6 +529,13 @@ pub struct Process {
 
 impl Process {
     pub async fn start(broker: &Broker, settings: Vec<(String, String)>) -> Process {
+        let p = Process::spawn(broker, settings);
+        p.wait_ready().await;
+        p
+    }
+
+    /// Starts the process without waiting for it to be ready.
+    pub fn spawn(broker: &Broker, settings: Vec<(String, String)>) -> Process {
         let port = free_port();
         let log = std::env::temp_dir().join(format!(
             "fanout-bridge-test-{}.log",
@@ -547,9 +554,7 @@ impl Process {
             .spawn()
             .unwrap();
         let ops: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let p = Process { child, ops, log };
-        p.wait_ready().await;
-        p
+        Process { child, ops, log }
     }
 
     pub async fn ready(&self) -> bool {
@@ -614,5 +619,58 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+// === A TCP proxy in front of the broker, to cut connections ===
+
+/// Forwards 127.0.0.1:`port` to the broker; `cut` drops every connection and
+/// stops listening, as a network failure would.
+pub struct TcpProxy {
+    pub port: u16,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl TcpProxy {
+    pub async fn start(port: u16) -> TcpProxy {
+        let url = url::Url::parse(&amqp_url()).unwrap();
+        let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5672));
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let registry = Arc::clone(&tasks);
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let target = target.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                registry.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        TcpProxy { port, tasks }
+    }
+
+    pub fn url(&self) -> String {
+        let mut url = url::Url::parse(&amqp_url()).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.to_string()
+    }
+
+    pub fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
     }
 }

@@ -7,6 +7,7 @@ mod helpers;
 mod cli;
 mod dead_letter;
 mod fanout;
+mod faults;
 mod hold;
 mod observability;
 mod process;

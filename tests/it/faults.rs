@@ -1,0 +1,166 @@
+//! Broker faults that do not disturb the shared broker: a TCP proxy in front
+//! of it is started late and cut mid-stream. And the second signal.
+
+use std::{collections::HashSet, time::Duration};
+
+use lapin::BasicProperties;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn unreachable_at_start_then_connection_lost_the_worker_waits_and_recovers() {
+    let broker = Broker::new("proxy").await;
+    broker.declare().await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    let port = free_port();
+    let mut settings = fast_settings(&user, &log);
+    let proxied = {
+        let mut url = url::Url::parse(&amqp_url()).unwrap();
+        url.set_port(Some(port)).unwrap();
+        url.to_string()
+    };
+    settings.push(("BRIDGE_AMQP_URL".into(), proxied));
+    let mut worker = Process::spawn(&broker, settings);
+
+    // Nothing listens on the broker port yet: alive, not ready, retrying.
+    wait_until(
+        "two failed connection attempts",
+        Duration::from_secs(15),
+        || {
+            let n = worker.log_text().matches("cannot reach the broker").count();
+            async move { n >= 2 }
+        },
+    )
+    .await;
+    assert_eq!(http_get(worker.ops, "/healthz").await.0, 200);
+    assert_eq!(http_get(worker.ops, "/readyz").await.0, 503);
+    assert_eq!(worker.metric("bridge_broker_connected").await, 0.0);
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the process must not exit"
+    );
+
+    let proxy = TcpProxy::start(port).await;
+    worker.wait_ready().await;
+    let mut ids = HashSet::new();
+    for i in 0..5 {
+        let id = format!("p-{i}");
+        broker
+            .publish(
+                b"{}",
+                BasicProperties::default().with_message_id(id.clone().into()),
+            )
+            .await;
+        ids.insert(id);
+    }
+    wait_until("first batch delivered", Duration::from_secs(15), || {
+        let n = log.per_key().len();
+        async move { n == 5 }
+    })
+    .await;
+
+    // The network drops every connection.
+    proxy.cut();
+    drop(proxy);
+    wait_until("readyz turns 503", Duration::from_secs(15), || async {
+        !worker.ready().await
+    })
+    .await;
+    let _proxy = TcpProxy::start(port).await;
+    worker.wait_ready().await;
+    for i in 5..10 {
+        let id = format!("p-{i}");
+        broker
+            .publish(
+                b"{}",
+                BasicProperties::default().with_message_id(id.clone().into()),
+            )
+            .await;
+        ids.insert(id);
+    }
+    wait_until(
+        "every message reached both APIs",
+        Duration::from_secs(20),
+        || {
+            let done = user.per_key().into_keys().collect::<HashSet<_>>() == ids
+                && log.per_key().into_keys().collect::<HashSet<_>>() == ids;
+            async move { done }
+        },
+    )
+    .await;
+    worker.signal("TERM");
+    assert_eq!(worker.wait_exit(Duration::from_secs(10)).await, Some(0));
+    assert_eq!(broker.depth(&broker.queue).await, 0);
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let broker = Broker::new("twosignals").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    user.always(Reply::ok().delay(Duration::from_secs(30)));
+    let mut settings = fast_settings(&user, &log);
+    settings.push(("BRIDGE_HTTP_TIMEOUT_MS".into(), "60000".into()));
+    settings.push(("BRIDGE_SHUTDOWN_GRACE_MS".into(), "60000".into()));
+    let mut worker = Process::start(&broker, settings).await;
+    broker.publish(b"{}", BasicProperties::default()).await;
+    wait_until("a call in flight", Duration::from_secs(10), || {
+        let n = log.count();
+        async move { n >= 1 }
+    })
+    .await;
+    worker.signal("TERM");
+    wait_until("draining: readyz 503", Duration::from_secs(5), || async {
+        !worker.ready().await
+    })
+    .await;
+    worker.signal("INT");
+    let code = worker.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(code, Some(1), "{}", worker.log_text());
+    wait_until(
+        "the unfinished message is back in the queue",
+        Duration::from_secs(10),
+        || {
+            let b = &broker;
+            async move { b.depth(&b.queue).await == 1 }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_inbound_queue_deleted_under_the_worker_is_declared_again() {
+    let broker = Broker::new("deleted").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    let worker = Worker::start(&broker, fast_settings(&user, &log)).await;
+
+    broker.delete(&broker.queue).await;
+    // The worker notices the cancelled consumer, reconnects and declares the
+    // queue again; a publish then reaches it.
+    wait_until(
+        "the queue exists again and the worker consumes it",
+        Duration::from_secs(20),
+        || async {
+            let ch = broker.conn.create_channel().await.unwrap();
+            let exists = ch
+                .queue_declare(
+                    broker.queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .is_ok_and(|q| q.consumer_count() >= 1);
+            let _ = ch.close(200, "".into()).await;
+            exists
+        },
+    )
+    .await;
+    broker
+        .publish(b"{\"again\":true}", BasicProperties::default())
+        .await;
+    worker.wait_settled(1).await;
+    assert_eq!(log.count(), 1);
+    worker.stop().await;
+}
