@@ -56,6 +56,11 @@ Examples:
     },
 
     /// Inspect and replay the dead-letter queue (BRIDGE_DLQ)
+    #[command(after_help = "\
+Examples:
+  fanout-bridge dlq stats
+  fanout-bridge dlq peek --limit 5
+  fanout-bridge dlq replay --limit 100")]
     Dlq {
         #[command(subcommand)]
         action: DlqCommand,

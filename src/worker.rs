@@ -93,18 +93,14 @@ impl Worker {
                 .settle(&acker, &publisher, &properties, &msg, disposition)
                 .await;
             self.metrics.count_outcome(outcome);
-            let ms = |t: Target| {
-                report.calls[t as usize]
-                    .as_ref()
-                    .map(|r| r.elapsed.as_millis() as u64)
-            };
+            let ms = |t: Target| report.calls[t as usize].as_ref().map(|r| millis(r.elapsed));
             info!(
                 message_id = %msg.message_id,
                 outcome = outcome.as_str(),
                 reason = report.reason,
                 user_management_ms = ms(Target::UserManagement),
                 logging_ms = ms(Target::Logging),
-                total_ms = started.elapsed().as_millis() as u64,
+                total_ms = millis(started.elapsed()),
                 redelivered,
                 "message settled"
             );
@@ -201,6 +197,11 @@ impl Worker {
             }
         }
     }
+}
+
+/// Milliseconds with one decimal, for log lines.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 async fn ack(acker: &Acker, outcome: Outcome) -> Outcome {
