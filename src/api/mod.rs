@@ -74,7 +74,9 @@ pub struct Requests {
 
 /// Why a message's properties cannot be sent as HTTP headers.
 #[derive(Debug, thiserror::Error)]
-#[error("message_id {0:?} cannot be sent as an HTTP header (control characters)")]
+#[error(
+    "message_id {0:?} contains control characters and cannot be sent as the Idempotency-Key header"
+)]
 pub struct UnsendableId(pub String);
 
 impl Requests {
@@ -86,7 +88,9 @@ impl Requests {
     pub fn build(msg: &InboundMessage, json: &[u8], event: &str) -> Result<Requests, UnsendableId> {
         let mut headers = HeaderMap::with_capacity(5);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let key = HeaderValue::from_str(msg.message_id.as_str())
+        // from_bytes, not from_str: a non-ASCII id travels as its UTF-8 bytes
+        // (obs-text) rather than being refused.
+        let key = HeaderValue::from_bytes(msg.message_id.as_str().as_bytes())
             .map_err(|_| UnsendableId(msg.message_id.to_string()))?;
         headers.insert(IDEMPOTENCY_KEY.clone(), key);
         for (name, value) in [
@@ -97,7 +101,7 @@ impl Requests {
             // These only help tracing; one that cannot be a header is dropped
             // rather than failing the message.
             if let Some(v) = value.as_deref().filter(|v| is_header_safe(v)) {
-                if let Ok(v) = HeaderValue::from_str(v) {
+                if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
                     headers.insert(name.clone(), v);
                 }
             }
@@ -264,5 +268,53 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
             source = s.source();
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{MessageId, TargetSet};
+
+    fn message(id: &str, correlation: Option<&str>) -> InboundMessage {
+        InboundMessage {
+            body: Bytes::from_static(b" {\"a\":1} "),
+            message_id: MessageId::resolve(Some(id), b""),
+            message_id_from_property: true,
+            kind: None,
+            correlation_id: correlation.map(str::to_owned),
+            traceparent: None,
+            tracestate: None,
+            done: TargetSet::empty(),
+        }
+    }
+
+    #[test]
+    fn builds_both_requests() {
+        let msg = message("id-1", Some("c-1"));
+        let r = Requests::build(&msg, b"{\"a\":1}", "user.registered").unwrap();
+        assert_eq!(r.headers["idempotency-key"], "id-1");
+        assert_eq!(r.headers["x-correlation-id"], "c-1");
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert_eq!(
+            &r.bodies[Target::UserManagement as usize][..],
+            b" {\"a\":1} "
+        );
+        assert_eq!(
+            &r.bodies[Target::Logging as usize][..],
+            br#"{"event":"user.registered","data":{"a":1},"message_id":"id-1"}"#
+        );
+    }
+
+    #[test]
+    fn non_ascii_ids_travel_and_control_characters_are_refused() {
+        let msg = message("usér-1", Some("bad\ncorrelation"));
+        let r = Requests::build(&msg, b"1", "e").unwrap();
+        assert_eq!(r.headers["idempotency-key"].as_bytes(), "usér-1".as_bytes());
+        assert!(
+            !r.headers.contains_key("x-correlation-id"),
+            "an unsendable optional header is dropped"
+        );
+        assert!(Requests::build(&message("a\r\nb", None), b"1", "e").is_err());
     }
 }

@@ -148,3 +148,29 @@ async fn an_unroutable_dead_letter_is_requeued_never_dropped() {
         "the message waits in the inbound queue"
     );
 }
+
+#[tokio::test]
+async fn a_message_id_that_cannot_be_a_header_is_an_invalid_payload() {
+    let broker = Broker::new("badid").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    let worker = Worker::start(&broker, fast_settings(&user, &log)).await;
+
+    broker
+        .publish(
+            b"{}",
+            BasicProperties::default().with_message_id("a\r\nb".into()),
+        )
+        .await;
+    worker.wait_settled(1).await;
+    worker.stop().await;
+
+    assert_eq!(user.count() + log.count(), 0);
+    let d = &broker.drain(&broker.dlq).await[0];
+    assert_eq!(
+        header_text(d, "x-bridge-reason").as_deref(),
+        Some("invalid_payload")
+    );
+    assert!(header_text(d, "x-bridge-error")
+        .unwrap()
+        .contains("Idempotency-Key"));
+}
