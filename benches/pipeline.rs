@@ -10,6 +10,9 @@
 //!    `fanout-bridge demo-api --latency-ms 0` child: readyz → all N acked.
 //! 3. **20 ms APIs** — the same against `demo-api --latency-ms 20`, once per
 //!    prefetch of `BENCH_PREFETCH_SWEEP`; the bound is prefetch / 0.020 s.
+//!    For reference, the bare consumer again, holding each message 20 ms (a
+//!    tokio sleep, like the stand-in's) before its ack: what a worker whose
+//!    own work costs nothing reaches.
 //!
 //! then one short extra run per worker scenario at `RUST_LOG=info` with JSON
 //! logs, to read each message's `total_ms` (delivery → settled) from the
@@ -19,7 +22,8 @@
 //! (64), `BENCH_PREFETCH_SWEEP` ("16,64,256"), `BENCH_SLOW_SECONDS` (8: a
 //! 20 ms run uses at most bound × this many messages), `BENCH_LATENCY_MESSAGES`
 //! (5000), `BENCH_AMQP_URL` (guest on 127.0.0.1:5672), `BENCH_KEEP_LOGS` (set:
-//! keep the children's logs).
+//! keep the children's logs), `BENCH_SEPARATE_APIS` (1: one stand-in process
+//! per API instead of one serving both paths).
 //!
 //! Every queue is fresh (`bench.pipeline.<random>`) and deleted after its run
 //! and again at the end, also after an error or a panic; every child process
@@ -68,6 +72,7 @@ struct Cfg {
     sweep: Vec<u16>,
     slow_seconds: f64,
     latency_messages: usize,
+    separate_apis: bool,
     amqp: String,
     out_dir: PathBuf,
     clk_tck: f64,
@@ -116,6 +121,7 @@ impl Cfg {
             sweep,
             slow_seconds: env_num("BENCH_SLOW_SECONDS", 8.0),
             latency_messages: env_num("BENCH_LATENCY_MESSAGES", 5_000),
+            separate_apis: std::env::var("BENCH_SEPARATE_APIS").is_ok_and(|v| v == "1"),
             amqp: std::env::var("BENCH_AMQP_URL")
                 .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             out_dir: std::env::temp_dir()
@@ -206,7 +212,7 @@ struct Split {
 #[derive(Clone)]
 struct SplitProbe {
     worker: Option<u32>,
-    api: Option<u32>,
+    api: Vec<u32>,
     broker: Vec<u32>,
 }
 
@@ -214,7 +220,7 @@ impl SplitProbe {
     fn read(&self) -> Split {
         Split {
             worker: self.worker.and_then(cpu_ticks).unwrap_or(0),
-            api: self.api.and_then(cpu_ticks).unwrap_or(0),
+            api: cpu_ticks_all(&self.api),
             broker: cpu_ticks_all(&self.broker),
             bench: cpu_ticks(std::process::id()).unwrap_or(0),
             machine: machine_busy_ticks(),
@@ -368,9 +374,66 @@ fn metric(text: &str, outcome: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-fn start_demo_api(cfg: &Cfg, latency_ms: u64) -> Res<(ChildGuard, u16)> {
+/// A plain (unlabelled) metric value, e.g. `bridge_messages_in_flight`.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    let key = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+}
+
+/// TCP connections opened by this machine so far (`ActiveOpens`).
+fn tcp_active_opens() -> u64 {
+    let s = fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = s.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ActiveOpens")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The stand-ins of one latency: one process serving both paths, or (with
+/// `BENCH_SEPARATE_APIS=1`) one per API, as two real APIs would be.
+struct Apis {
+    user: (ChildGuard, u16),
+    log: Option<(ChildGuard, u16)>,
+}
+
+impl Apis {
+    fn start(cfg: &Cfg, latency_ms: u64) -> Res<Apis> {
+        Ok(Apis {
+            user: start_demo_api(cfg, latency_ms, "users")?,
+            log: if cfg.separate_apis {
+                Some(start_demo_api(cfg, latency_ms, "logs")?)
+            } else {
+                None
+            },
+        })
+    }
+    fn urls(&self) -> (String, String) {
+        let log_port = self.log.as_ref().map_or(self.user.1, |l| l.1);
+        (
+            format!("http://127.0.0.1:{}/users", self.user.1),
+            format!("http://127.0.0.1:{log_port}/logs"),
+        )
+    }
+    fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.user.0.pid())
+            .chain(self.log.as_ref().map(|l| l.0.pid()))
+            .collect()
+    }
+}
+
+fn start_demo_api(cfg: &Cfg, latency_ms: u64, role: &str) -> Res<(ChildGuard, u16)> {
     let port = free_port();
-    let log = cfg.out_dir.join(format!("demo-api-{latency_ms}ms.log"));
+    let log = cfg
+        .out_dir
+        .join(format!("demo-api-{latency_ms}ms-{role}.log"));
     let stderr = fs::File::create(&log).map_err(|e| e.to_string())?;
     let mut guard = ChildGuard::spawn(
         &format!("demo-api ({latency_ms} ms)"),
@@ -541,8 +604,14 @@ struct Run {
     /// otherwise) and of the others, over the window.
     split: Split,
     rss_kib: Option<u64>,
-    /// Latency samples (ms), latency runs only.
-    total_ms: Vec<u64>,
+    /// Latency samples (ms, 0.1 ms resolution), latency runs only.
+    total_ms: Vec<f64>,
+    /// Mean of `bridge_messages_in_flight` while the queue still had work
+    /// (the first 90 % of the messages).
+    in_flight: Option<f64>,
+    /// TCP connections opened on the machine over the window, the
+    /// benchmark's own `/metrics` polls excluded.
+    tcp_opens: u64,
 }
 
 impl Run {
@@ -551,15 +620,24 @@ impl Run {
     }
 }
 
-async fn ceiling_run(cfg: &Cfg, broker: &[u32]) -> Res<Run> {
-    let n = cfg.messages;
+/// A bare lapin consumer over `n` pre-filled messages. Without `hold`, each
+/// delivery is acked at once, in the consuming loop. With `hold`, each
+/// delivery gets a task that sleeps that long, then acks: a worker whose work
+/// costs nothing but takes `hold`, the practical Little's-law bound.
+async fn ceiling_run(
+    cfg: &Cfg,
+    broker: &[u32],
+    prefetch: u16,
+    n: usize,
+    hold: Option<Duration>,
+) -> Res<Run> {
     let queue = fresh_queue("ceiling");
     let result = async {
         prefill(&cfg.amqp, &queue, n).await?;
         let conn = connect(&cfg.amqp, "ceiling consumer").await?;
         let result = async {
             let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-            ch.basic_qos(cfg.prefetch, BasicQosOptions { global: false })
+            ch.basic_qos(prefetch, BasicQosOptions { global: false })
                 .await
                 .map_err(|e| e.to_string())?;
             let mut consumer = ch
@@ -573,26 +651,57 @@ async fn ceiling_run(cfg: &Cfg, broker: &[u32]) -> Res<Run> {
                 .map_err(|e| e.to_string())?;
             let probe = SplitProbe {
                 worker: None,
-                api: None,
+                api: Vec::new(),
                 broker: broker.to_vec(),
             };
             let mut start = None;
             let mut acked = 0;
+            let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+            // Sum of delivery → ack times, for the mean messages in flight.
+            let mut held = Duration::ZERO;
             while acked < n {
-                let d = match tokio::time::timeout(STALL, consumer.next()).await {
-                    Ok(Some(Ok(d))) => d,
-                    Ok(Some(Err(e))) => return Err(format!("consumer: {e}")),
-                    Ok(None) => return Err("consumer ended".into()),
-                    Err(_) => return Err(format!("stalled at {acked}/{n}")),
+                let next = tokio::select! {
+                    d = consumer.next() => Some(d),
+                    Some(r) = done_rx.recv() => {
+                        let took: Duration = r?;
+                        held += took;
+                        acked += 1;
+                        None
+                    }
+                    () = tokio::time::sleep(STALL) => return Err(format!("stalled at {acked}/{n}")),
+                };
+                let Some(d) = next else { continue };
+                let d = match d {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => return Err(format!("consumer: {e}")),
+                    None => return Err("consumer ended".into()),
                 };
                 if start.is_none() {
                     start = Some((Instant::now(), probe.read()));
                 }
-                d.acker
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map_err(|e| format!("ack: {e}"))?;
-                acked += 1;
+                match hold {
+                    None => {
+                        d.acker
+                            .ack(BasicAckOptions::default())
+                            .await
+                            .map_err(|e| format!("ack: {e}"))?;
+                        acked += 1;
+                    }
+                    Some(hold) => {
+                        let done = done_tx.clone();
+                        tokio::spawn(async move {
+                            let began = Instant::now();
+                            tokio::time::sleep(hold).await;
+                            let r = d
+                                .acker
+                                .ack(BasicAckOptions::default())
+                                .await
+                                .map(|_| began.elapsed())
+                                .map_err(|e| format!("ack: {e}"));
+                            let _ = done.send(r);
+                        });
+                    }
+                }
             }
             let (t0, s0) = start.unwrap();
             let seconds = t0.elapsed().as_secs_f64();
@@ -602,6 +711,7 @@ async fn ceiling_run(cfg: &Cfg, broker: &[u32]) -> Res<Run> {
                 messages: n,
                 seconds,
                 split,
+                in_flight: hold.map(|_| held.as_secs_f64() / seconds),
                 ..Run::default()
             })
         }
@@ -618,8 +728,7 @@ async fn ceiling_run(cfg: &Cfg, broker: &[u32]) -> Res<Run> {
 fn worker_run(
     cfg: &Cfg,
     rt: &tokio::runtime::Runtime,
-    api: &ChildGuard,
-    api_port: u16,
+    apis: &Apis,
     prefetch: u16,
     n: usize,
     broker: &[u32],
@@ -640,17 +749,12 @@ fn worker_run(
                 cmd.env_remove(k);
             }
         }
+        let (user_url, log_url) = apis.urls();
         cmd.env("BRIDGE_AMQP_URL", &cfg.amqp)
             .env("BRIDGE_QUEUE", &queue)
             .env("BRIDGE_DLQ", &dlq)
-            .env(
-                "BRIDGE_USER_API_URL",
-                format!("http://127.0.0.1:{api_port}/users"),
-            )
-            .env(
-                "BRIDGE_LOG_API_URL",
-                format!("http://127.0.0.1:{api_port}/logs"),
-            )
+            .env("BRIDGE_USER_API_URL", user_url)
+            .env("BRIDGE_LOG_API_URL", log_url)
             .env("BRIDGE_PREFETCH", prefetch.to_string())
             .env("BRIDGE_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("BRIDGE_SHUTDOWN_GRACE_MS", "5000")
@@ -670,22 +774,33 @@ fn worker_run(
         )?;
         let probe = SplitProbe {
             worker: Some(worker.pid()),
-            api: Some(api.pid()),
+            api: apis.pids(),
             broker: broker.to_vec(),
         };
         let t0 = Instant::now();
         let s0 = probe.read();
+        let opens0 = tcp_active_opens();
+        let mut polls = 0u64;
+        let (mut in_flight_sum, mut in_flight_samples) = (0.0, 0u32);
         let (mut last, mut last_change) = (0u64, Instant::now());
-        let (seconds, split) = loop {
+        let (seconds, split, tcp_opens) = loop {
             std::thread::sleep(POLL);
+            polls += 1;
             let text = match http_get(metrics_port, "/metrics") {
                 Ok((200, t)) => t,
                 _ => String::new(),
             };
             let settled = metric(&text, "acked") + metric(&text, "dead_lettered");
+            if settled * 10 < n as u64 * 9 {
+                if let Some(v) = gauge(&text, "bridge_messages_in_flight") {
+                    in_flight_sum += v;
+                    in_flight_samples += 1;
+                }
+            }
             if settled >= n as u64 {
                 let seconds = t0.elapsed().as_secs_f64();
                 let split = probe.read() - s0;
+                let tcp_opens = tcp_active_opens().saturating_sub(opens0 + polls);
                 let dead = metric(&text, "dead_lettered");
                 if dead > 0 {
                     return Err(format!(
@@ -693,7 +808,7 @@ fn worker_run(
                         log.display()
                     ));
                 }
-                break (seconds, split);
+                break (seconds, split, tcp_opens);
             }
             if settled != last {
                 (last, last_change) = (settled, Instant::now());
@@ -730,6 +845,9 @@ fn worker_run(
             split,
             rss_kib,
             total_ms,
+            in_flight: (in_flight_samples > 0)
+                .then(|| in_flight_sum / f64::from(in_flight_samples)),
+            tcp_opens,
         })
     })();
     rt.block_on(delete_queues(&cfg.amqp, Some(&[queue, dlq])));
@@ -737,7 +855,7 @@ fn worker_run(
 }
 
 /// `total_ms` of every "message settled" line of a JSON log.
-fn settled_latencies(log: &Path) -> Vec<u64> {
+fn settled_latencies(log: &Path) -> Vec<f64> {
     let Ok(f) = fs::File::open(log) else {
         return Vec::new();
     };
@@ -746,7 +864,7 @@ fn settled_latencies(log: &Path) -> Vec<u64> {
         .map_while(Result::ok)
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
         .filter(|v| v["message"] == "message settled")
-        .filter_map(|v| v["total_ms"].as_u64())
+        .filter_map(|v| v["total_ms"].as_f64())
         .collect()
 }
 
@@ -755,6 +873,8 @@ fn settled_latencies(log: &Path) -> Vec<u64> {
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Ceiling,
+    /// The bare consumer holding each message 20 ms (sleep) before its ack.
+    Ceiling20,
     Fast,
     Slow,
 }
@@ -772,6 +892,7 @@ impl Scenario {
     fn name(&self) -> String {
         match self.kind {
             Kind::Ceiling => "ceiling: bare lapin, ack only".into(),
+            Kind::Ceiling20 => "bare lapin, sleep 20 ms, ack".into(),
             Kind::Fast => "bridge, APIs answer at once".into(),
             Kind::Slow => "bridge, APIs answer in 20 ms".into(),
         }
@@ -785,7 +906,7 @@ impl Scenario {
             self.runs
                 .iter()
                 .map(|r| {
-                    let t = if self.kind == Kind::Ceiling {
+                    let t = if matches!(self.kind, Kind::Ceiling | Kind::Ceiling20) {
                         r.split.bench
                     } else {
                         r.split.worker
@@ -814,9 +935,9 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
-        return 0;
+        return f64::NAN;
     }
     let rank = (p * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
@@ -851,6 +972,14 @@ fn report(cfg: &Cfg, scenarios: &[Scenario]) {
         body(0).len()
     );
     println!("msg/s as min / median / max over rounds; ratio = median of per-round ratios (ceiling: same round)");
+    println!(
+        "stand-in APIs: {}",
+        if cfg.separate_apis {
+            "one demo-api process per API (BENCH_SEPARATE_APIS=1)"
+        } else {
+            "one demo-api process serving /users and /logs on one port"
+        }
+    );
     println!();
     println!(
         "{:<30} {:>4} {:>6} {:>23} {:>16} {:>8} {:>7} {:>9}  target",
@@ -876,6 +1005,13 @@ fn report(cfg: &Cfg, scenarios: &[Scenario]) {
                     ),
                 )
             }
+            Kind::Ceiling20 => {
+                let b = bound(s.prefetch);
+                (
+                    format!("{:.2} × {:.0}", median(&rates) / b, b),
+                    "(what a zero-cost worker reaches)".to_string(),
+                )
+            }
             Kind::Slow => {
                 let b = bound(s.prefetch);
                 (
@@ -896,9 +1032,8 @@ fn report(cfg: &Cfg, scenarios: &[Scenario]) {
             .max()
             .map_or("–".into(), |k| format!("{:.1}", k as f64 / 1024.0));
         let lat = s.latency.as_ref().map_or("–".into(), |l| {
-            let mut v = l.total_ms.clone();
-            v.sort_unstable();
-            format!("{}/{}", percentile(&v, 0.50), percentile(&v, 0.99))
+            let v = sorted(l.total_ms.clone());
+            format!("{:.1}/{:.1}", percentile(&v, 0.50), percentile(&v, 0.99))
         });
         println!(
             "{:<30} {:>4} {:>6} {:>23} {:>16} {:>8} {:>7} {:>9}  {}",
@@ -923,11 +1058,21 @@ fn report(cfg: &Cfg, scenarios: &[Scenario]) {
 
     println!();
     println!(
-        "CPU split over the measured window (cores busy, median over rounds; the machine has 2):"
+        "CPU split over the measured window (cores busy, median over rounds; the machine has 2), \
+         mean messages in flight in the worker, TCP connections opened per 1,000 messages:"
     );
     println!(
-        "{:<30} {:>4} {:>7} {:>8} {:>7} {:>7} {:>7} {:>8}",
-        "scenario", "pf", "worker", "demo-api", "broker", "bench", "other", "machine"
+        "{:<30} {:>4} {:>7} {:>8} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8}",
+        "scenario",
+        "pf",
+        "worker",
+        "demo-api",
+        "broker",
+        "bench",
+        "other",
+        "machine",
+        "in-flight",
+        "conn/1k"
     );
     for s in scenarios {
         let cores = |f: &dyn Fn(&Run) -> u64| -> f64 {
@@ -943,8 +1088,22 @@ fn report(cfg: &Cfg, scenarios: &[Scenario]) {
             x.machine
                 .saturating_sub(x.worker + x.api + x.broker + x.bench)
         };
+        let in_flight = median(&sorted(s.runs.iter().filter_map(|r| r.in_flight).collect()));
+        let conns = median(&sorted(
+            s.runs
+                .iter()
+                .map(|r| r.tcp_opens as f64 * 1000.0 / r.messages as f64)
+                .collect(),
+        ));
+        let na = |v: f64, p: usize| {
+            if v.is_nan() || s.kind == Kind::Ceiling {
+                "–".to_string()
+            } else {
+                format!("{v:.p$}")
+            }
+        };
         println!(
-            "{:<30} {:>4} {:>7.2} {:>8.2} {:>7.2} {:>7.2} {:>7.2} {:>8.2}",
+            "{:<30} {:>4} {:>7.2} {:>8.2} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>9} {:>8}",
             s.name(),
             s.prefetch,
             cores(&|r| r.split.worker),
@@ -953,6 +1112,8 @@ fn report(cfg: &Cfg, scenarios: &[Scenario]) {
             cores(&|r| r.split.bench),
             cores(&other),
             cores(&|r| r.split.machine),
+            na(in_flight, 1),
+            na(conns, 1),
         );
     }
 
@@ -984,22 +1145,24 @@ fn report(cfg: &Cfg, scenarios: &[Scenario]) {
 
     println!();
     println!(
-        "Latency (delivery → ack, from the worker's own `total_ms`, whole ms, truncated): one extra run per scenario \
+        "Latency (delivery → ack, from the worker's own `total_ms`, 0.1 ms resolution): one extra run per scenario \
          at RUST_LOG=info with JSON logs ({} msgs); its throughput includes the cost of logging:",
         cfg.latency_messages
     );
-    for s in scenarios.iter().filter(|s| s.kind != Kind::Ceiling) {
+    for s in scenarios
+        .iter()
+        .filter(|s| matches!(s.kind, Kind::Fast | Kind::Slow))
+    {
         if let Some(l) = &s.latency {
-            let mut v = l.total_ms.clone();
-            v.sort_unstable();
+            let v = sorted(l.total_ms.clone());
             println!(
-                "  {:<30} pf {:>4}: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms over {} lines; {:.0} msg/s, {:.3} CPU s/1k at info",
+                "  {:<30} pf {:>4}: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} lines; {:.0} msg/s, {:.3} CPU s/1k at info",
                 s.name(),
                 s.prefetch,
                 percentile(&v, 0.50),
                 percentile(&v, 0.90),
                 percentile(&v, 0.99),
-                v.last().copied().unwrap_or(0),
+                v.last().copied().unwrap_or(f64::NAN),
                 v.len(),
                 l.rate(),
                 l.split.worker as f64 / clk / l.messages as f64 * 1000.0
@@ -1047,6 +1210,19 @@ fn report(cfg: &Cfg, scenarios: &[Scenario]) {
             rate,
             rate / 3200.0
         );
+        if let Some(bare) = scenarios
+            .iter()
+            .find(|s| s.kind == Kind::Ceiling20 && s.prefetch == 64 && !s.runs.is_empty())
+        {
+            let bare_rate = median(&bare.rates());
+            println!(
+                "         for reference: a zero-cost consumer that holds each message 20 ms reaches {:.0} msg/s \
+                 ({:.2} × bound); the bridge reaches {:.2} of that",
+                bare_rate,
+                bare_rate / 3200.0,
+                rate / bare_rate
+            );
+        }
     }
     let rss = scenarios
         .iter()
@@ -1071,8 +1247,8 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
     if broker.is_empty() {
         eprintln!("note: no beam.smp process found; the broker column will read 0");
     }
-    let (fast_api, fast_port) = start_demo_api(cfg, 0)?;
-    let (slow_api, slow_port) = start_demo_api(cfg, 20)?;
+    let fast_api = Apis::start(cfg, 0)?;
+    let slow_api = Apis::start(cfg, 20)?;
 
     let mut scenarios = vec![Scenario {
         kind: Kind::Ceiling,
@@ -1086,6 +1262,14 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
         kind: Kind::Fast,
         prefetch: cfg.prefetch,
         messages: cfg.messages,
+        runs: Vec::new(),
+        errors: Vec::new(),
+        latency: None,
+    });
+    scenarios.push(Scenario {
+        kind: Kind::Ceiling20,
+        prefetch: cfg.prefetch,
+        messages: cfg.slow_messages(cfg.prefetch),
         runs: Vec::new(),
         errors: Vec::new(),
         latency: None,
@@ -1105,13 +1289,22 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
     for round in 1..=cfg.rounds {
         for s in scenarios.iter_mut() {
             let result = match s.kind {
-                Kind::Ceiling => rt.block_on(ceiling_run(cfg, &broker)),
-                Kind::Fast => worker_run(
-                    cfg, rt, &fast_api, fast_port, s.prefetch, s.messages, &broker, false,
-                ),
-                Kind::Slow => worker_run(
-                    cfg, rt, &slow_api, slow_port, s.prefetch, s.messages, &broker, false,
-                ),
+                Kind::Ceiling => {
+                    rt.block_on(ceiling_run(cfg, &broker, s.prefetch, s.messages, None))
+                }
+                Kind::Ceiling20 => rt.block_on(ceiling_run(
+                    cfg,
+                    &broker,
+                    s.prefetch,
+                    s.messages,
+                    Some(Duration::from_millis(20)),
+                )),
+                Kind::Fast => {
+                    worker_run(cfg, rt, &fast_api, s.prefetch, s.messages, &broker, false)
+                }
+                Kind::Slow => {
+                    worker_run(cfg, rt, &slow_api, s.prefetch, s.messages, &broker, false)
+                }
             };
             match result {
                 Ok(r) => {
@@ -1141,14 +1334,17 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
         }
     }
     if cfg.latency_messages > 0 {
-        for s in scenarios.iter_mut().filter(|s| s.kind != Kind::Ceiling) {
-            let (api, port) = if s.kind == Kind::Fast {
-                (&fast_api, fast_port)
+        for s in scenarios
+            .iter_mut()
+            .filter(|s| matches!(s.kind, Kind::Fast | Kind::Slow))
+        {
+            let api = if s.kind == Kind::Fast {
+                &fast_api
             } else {
-                (&slow_api, slow_port)
+                &slow_api
             };
             let n = cfg.latency_messages.min(s.messages);
-            match worker_run(cfg, rt, api, port, s.prefetch, n, &broker, true) {
+            match worker_run(cfg, rt, api, s.prefetch, n, &broker, true) {
                 Ok(r) => {
                     eprintln!(
                         "latency run  {:<30} pf {:>4}: {:>6} msgs in {:>6.2} s (info logs)   [{:>5.0} s]",
