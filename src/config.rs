@@ -14,6 +14,13 @@ use url::Url;
 
 pub const PREFIX: &str = "BRIDGE_";
 
+/// The largest AMQP frame proposed when `BRIDGE_AMQP_URL` does not set one.
+/// lapin sizes its I/O buffers at 32 frames, two per connection and two
+/// connections per worker: at RabbitMQ's 128 KiB that is 16 MiB of RSS, at
+/// 16 KiB 2 MiB. Larger messages are split into more frames, which costs
+/// nothing measurable (BENCHMARK.md).
+pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
+
 /// The heartbeat used when `BRIDGE_AMQP_URL` does not set one: a dead broker is
 /// noticed within seconds rather than at the next TCP timeout.
 pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
@@ -258,6 +265,9 @@ fn amqp_uri(s: &str) -> Result<AmqpUri, String> {
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
     }
+    if uri.query.frame_max.is_none() {
+        uri.query.frame_max = Some(DEFAULT_FRAME_MAX);
+    }
     Ok(AmqpUri(uri))
 }
 
@@ -490,6 +500,7 @@ mod tests {
         assert_eq!(c.broker.uri.0.authority.port, 5672);
         assert_eq!(c.broker.uri.0.vhost, "/");
         assert_eq!(c.broker.uri.0.query.heartbeat, Some(10));
+        assert_eq!(c.broker.uri.0.query.frame_max, Some(16 * 1024));
         assert_eq!(c.prefetch, 64);
         assert_eq!(c.http_timeout, Duration::from_secs(10));
         assert_eq!(c.max_attempts.get(), 3);

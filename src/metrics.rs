@@ -71,7 +71,9 @@ impl AttemptResult {
 pub struct Metrics {
     registry: Registry,
     messages: [IntCounter; 4],
-    api_requests: IntCounterVec,
+    /// Indexed by `[Target as usize][AttemptResult as usize]`: resolved once,
+    /// not hashed per attempt.
+    api_requests: [[IntCounter; 3]; 2],
     api_duration: [Histogram; 2],
     pub in_flight: IntGauge,
     pub broker_connected: IntGauge,
@@ -148,16 +150,15 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric names");
         }
-        // Touch every label combination so a scrape shows zeros from the start.
-        for t in Target::ALL {
-            for r in AttemptResult::ALL {
-                api_requests.with_label_values(&[t.as_str(), r.as_str()]);
-            }
-        }
         Metrics {
             registry,
             messages: Outcome::ALL.map(|o| messages_vec.with_label_values(&[o.as_str()])),
-            api_requests,
+            // Resolving every label combination also makes a scrape show zeros
+            // from the start.
+            api_requests: Target::ALL.map(|t| {
+                AttemptResult::ALL
+                    .map(|r| api_requests.with_label_values(&[t.as_str(), r.as_str()]))
+            }),
             api_duration: Target::ALL.map(|t| api_duration_vec.with_label_values(&[t.as_str()])),
             in_flight,
             broker_connected,
@@ -174,16 +175,12 @@ impl Metrics {
     }
 
     pub fn record_attempt(&self, target: Target, result: AttemptResult, took: Duration) {
-        self.api_requests
-            .with_label_values(&[target.as_str(), result.as_str()])
-            .inc();
+        self.api_requests[target as usize][result as usize].inc();
         self.api_duration[target as usize].observe(took.as_secs_f64());
     }
 
     pub fn attempt_count(&self, target: Target, result: AttemptResult) -> u64 {
-        self.api_requests
-            .with_label_values(&[target.as_str(), result.as_str()])
-            .get()
+        self.api_requests[target as usize][result as usize].get()
     }
 
     /// The Prometheus text exposition (format 0.0.4).
