@@ -10,7 +10,6 @@ mod helpers;
 use std::{collections::HashSet, process::Command, time::Duration};
 
 use helpers::*;
-use lapin::BasicProperties;
 
 /// Starts the broker's application again however the test ends.
 struct RestartGuard;
@@ -60,16 +59,7 @@ async fn the_worker_survives_a_broker_restart_and_loses_nothing() {
     let worker = Process::start(&broker, fast_settings(&user, &log)).await;
 
     let mut ids = HashSet::new();
-    for i in 0..30 {
-        let id = format!("before-{i}");
-        broker
-            .publish(
-                b"{}",
-                BasicProperties::default().with_message_id(id.clone().into()),
-            )
-            .await;
-        ids.insert(id);
-    }
+    ids.extend(broker.publish_numbered("before", 0..30).await);
     wait_until("work under way", Duration::from_secs(10), || {
         let n = user.count();
         async move { n >= 5 }
@@ -92,30 +82,10 @@ async fn the_worker_survives_a_broker_restart_and_loses_nothing() {
     assert_eq!(worker.metric("bridge_broker_connected").await, 1.0);
 
     broker.reconnect().await;
-    for i in 0..10 {
-        let id = format!("after-{i}");
-        broker
-            .publish(
-                b"{}",
-                BasicProperties::default().with_message_id(id.clone().into()),
-            )
-            .await;
-        ids.insert(id);
-    }
-    wait_until(
-        "every message reached both APIs",
-        Duration::from_secs(60),
-        || {
-            let done = user.per_key().keys().cloned().collect::<HashSet<_>>() == ids
-                && log.per_key().keys().cloned().collect::<HashSet<_>>() == ids;
-            async move { done }
-        },
-    )
-    .await;
-    wait_until("the queue is drained", Duration::from_secs(20), || {
-        let b = &broker;
-        async move { b.depth(&b.queue).await == 0 }
-    })
-    .await;
+    ids.extend(broker.publish_numbered("after", 0..10).await);
+    wait_delivered(&user, &log, &ids, Duration::from_secs(60)).await;
+    broker
+        .wait_depth(&broker.queue, 0, Duration::from_secs(20))
+        .await;
     assert_eq!(broker.depth(&broker.dlq).await, 0);
 }

@@ -43,16 +43,7 @@ async fn unreachable_at_start_then_connection_lost_the_worker_waits_and_recovers
     let proxy = TcpProxy::start(port).await;
     worker.wait_ready().await;
     let mut ids = HashSet::new();
-    for i in 0..5 {
-        let id = format!("p-{i}");
-        broker
-            .publish(
-                b"{}",
-                BasicProperties::default().with_message_id(id.clone().into()),
-            )
-            .await;
-        ids.insert(id);
-    }
+    ids.extend(broker.publish_numbered("p", 0..5).await);
     wait_until("first batch delivered", Duration::from_secs(15), || {
         let n = log.per_key().len();
         async move { n == 5 }
@@ -68,26 +59,8 @@ async fn unreachable_at_start_then_connection_lost_the_worker_waits_and_recovers
     .await;
     let _proxy = TcpProxy::start(port).await;
     worker.wait_ready().await;
-    for i in 5..10 {
-        let id = format!("p-{i}");
-        broker
-            .publish(
-                b"{}",
-                BasicProperties::default().with_message_id(id.clone().into()),
-            )
-            .await;
-        ids.insert(id);
-    }
-    wait_until(
-        "every message reached both APIs",
-        Duration::from_secs(20),
-        || {
-            let done = user.per_key().into_keys().collect::<HashSet<_>>() == ids
-                && log.per_key().into_keys().collect::<HashSet<_>>() == ids;
-            async move { done }
-        },
-    )
-    .await;
+    ids.extend(broker.publish_numbered("p", 5..10).await);
+    wait_delivered(&user, &log, &ids, Duration::from_secs(20)).await;
     worker.signal("TERM");
     assert_eq!(worker.wait_exit(Duration::from_secs(10)).await, Some(0));
     assert_eq!(broker.depth(&broker.queue).await, 0);
@@ -116,15 +89,9 @@ async fn a_second_signal_exits_at_once() {
     worker.signal("INT");
     let code = worker.wait_exit(Duration::from_secs(5)).await;
     assert_eq!(code, Some(1), "{}", worker.log_text());
-    wait_until(
-        "the unfinished message is back in the queue",
-        Duration::from_secs(10),
-        || {
-            let b = &broker;
-            async move { b.depth(&b.queue).await == 1 }
-        },
-    )
-    .await;
+    broker
+        .wait_depth(&broker.queue, 1, Duration::from_secs(10))
+        .await;
 }
 
 #[tokio::test]

@@ -187,6 +187,34 @@ impl Broker {
         out
     }
 
+    /// Publishes `{"i":n}` for each n in `range`, with message ids
+    /// `prefix-n`; returns the ids.
+    pub async fn publish_numbered(
+        &self,
+        prefix: &str,
+        range: std::ops::Range<usize>,
+    ) -> std::collections::HashSet<String> {
+        let mut ids = std::collections::HashSet::new();
+        for i in range {
+            let id = format!("{prefix}-{i}");
+            let props = BasicProperties::default().with_message_id(id.clone().into());
+            self.publish(format!("{{\"i\":{i}}}").as_bytes(), props)
+                .await;
+            ids.insert(id);
+        }
+        ids
+    }
+
+    /// Waits until `queue` holds `n` ready messages.
+    pub async fn wait_depth(&self, queue: &str, n: u32, timeout: Duration) {
+        wait_until(
+            &format!("{n} messages ready in {queue}"),
+            timeout,
+            || async { self.depth(queue).await == n },
+        )
+        .await;
+    }
+
     pub async fn delete(&self, queue: &str) {
         let _ = self
             .channel
@@ -347,6 +375,11 @@ impl FakeApi {
         self.state.received.lock().unwrap().len()
     }
 
+    /// The Idempotency-Keys received.
+    pub fn keys(&self) -> std::collections::HashSet<String> {
+        self.per_key().into_keys().collect()
+    }
+
     /// How many requests carried each Idempotency-Key.
     pub fn per_key(&self) -> std::collections::HashMap<String, usize> {
         let mut m = std::collections::HashMap::new();
@@ -465,6 +498,21 @@ impl Worker {
         self.stop.cancel();
         self.task.await.unwrap().unwrap();
     }
+}
+
+/// Waits until both APIs have received every one of `ids` (the evidence
+/// that nothing was lost).
+pub async fn wait_delivered(
+    user: &FakeApi,
+    log: &FakeApi,
+    ids: &std::collections::HashSet<String>,
+    timeout: Duration,
+) {
+    wait_until("every message reached both APIs", timeout, || {
+        let done = &user.keys() == ids && &log.keys() == ids;
+        async move { done }
+    })
+    .await;
 }
 
 /// GETs a path of a local HTTP server: (status, body).

@@ -33,15 +33,9 @@ async fn outage_holds_messages_in_the_queue_then_delivers_them() {
     .await;
     // During the pause the held messages wait in the queue, and the worker
     // still counts as ready.
-    wait_until(
-        "held messages ready in the inbound queue",
-        Duration::from_millis(1500),
-        || {
-            let b = &broker;
-            async move { b.depth(&b.queue).await == 5 }
-        },
-    )
-    .await;
+    broker
+        .wait_depth(&broker.queue, 5, Duration::from_millis(1500))
+        .await;
     assert_eq!(http_get(worker.ops, "/readyz").await.0, 200);
 
     wait_until(

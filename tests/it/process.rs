@@ -2,30 +2,9 @@
 //! mid-stream, and several replicas on one queue. The evidence that nothing
 //! was lost is what the stand-in APIs received per message id.
 
-use std::{collections::HashSet, time::Duration};
-
-use lapin::BasicProperties;
+use std::time::Duration;
 
 use crate::helpers::*;
-
-async fn publish_numbered(broker: &Broker, prefix: &str, n: usize) -> HashSet<String> {
-    let mut ids = HashSet::new();
-    for i in 0..n {
-        let id = format!("{prefix}-{i}");
-        broker
-            .publish(
-                format!("{{\"i\":{i}}}").as_bytes(),
-                BasicProperties::default().with_message_id(id.clone().into()),
-            )
-            .await;
-        ids.insert(id);
-    }
-    ids
-}
-
-fn keys(api: &FakeApi) -> HashSet<String> {
-    api.per_key().into_keys().collect()
-}
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_messages_finish_and_exits_0() {
@@ -34,7 +13,7 @@ async fn sigterm_lets_in_flight_messages_finish_and_exits_0() {
     user.always(Reply::ok().delay(Duration::from_millis(1500)));
     let mut worker = Process::start(&broker, fast_settings(&user, &log)).await;
 
-    let ids = publish_numbered(&broker, "t", 5).await;
+    let ids = broker.publish_numbered("t", 0..5).await;
     wait_until("five calls in flight", Duration::from_secs(10), || {
         let n = log.count();
         async move { n >= 5 }
@@ -48,7 +27,7 @@ async fn sigterm_lets_in_flight_messages_finish_and_exits_0() {
         worker.log_text()
     );
 
-    assert_eq!(keys(&user), ids);
+    assert_eq!(user.keys(), ids);
     assert_eq!(
         broker.depth(&broker.queue).await,
         0,
@@ -67,7 +46,7 @@ async fn sigterm_grace_expiry_leaves_unfinished_messages_for_redelivery() {
     settings.push(("BRIDGE_SHUTDOWN_GRACE_MS".into(), "300".into()));
     let mut worker = Process::start(&broker, settings).await;
 
-    publish_numbered(&broker, "g", 2).await;
+    broker.publish_numbered("g", 0..2).await;
     wait_until("two calls in flight", Duration::from_secs(10), || {
         let n = log.count();
         async move { n >= 2 }
@@ -75,15 +54,9 @@ async fn sigterm_grace_expiry_leaves_unfinished_messages_for_redelivery() {
     .await;
     worker.signal("TERM");
     assert_eq!(worker.wait_exit(Duration::from_secs(10)).await, Some(0));
-    wait_until(
-        "unfinished messages back in the queue",
-        Duration::from_secs(10),
-        || {
-            let b = &broker;
-            async move { b.depth(&b.queue).await == 2 }
-        },
-    )
-    .await;
+    broker
+        .wait_depth(&broker.queue, 2, Duration::from_secs(10))
+        .await;
 }
 
 #[tokio::test]
@@ -93,7 +66,7 @@ async fn sigkill_mid_stream_loses_nothing() {
     user.always(Reply::ok().delay(Duration::from_millis(300)));
     log.always(Reply::ok().delay(Duration::from_millis(300)));
     broker.declare().await;
-    let ids = publish_numbered(&broker, "k", 60).await;
+    let ids = broker.publish_numbered("k", 0..60).await;
 
     let mut settings = fast_settings(&user, &log);
     settings.push(("BRIDGE_PREFETCH".into(), "32".into()));
@@ -107,20 +80,10 @@ async fn sigkill_mid_stream_loses_nothing() {
     first.wait_exit(Duration::from_secs(5)).await;
 
     let mut second = Process::start(&broker, settings).await;
-    wait_until(
-        "every message reached both APIs",
-        Duration::from_secs(30),
-        || {
-            let done = keys(&user) == ids && keys(&log) == ids;
-            async move { done }
-        },
-    )
-    .await;
-    wait_until("the queue is drained", Duration::from_secs(10), || {
-        let b = &broker;
-        async move { b.depth(&b.queue).await == 0 }
-    })
-    .await;
+    wait_delivered(&user, &log, &ids, Duration::from_secs(30)).await;
+    broker
+        .wait_depth(&broker.queue, 0, Duration::from_secs(10))
+        .await;
     wait_until(
         "nothing left in flight",
         Duration::from_secs(10),
@@ -149,16 +112,8 @@ async fn three_replicas_share_one_queue() {
         Process::start(&broker, settings.clone()).await,
         Process::start(&broker, settings).await,
     ];
-    let ids = publish_numbered(&broker, "s", 90).await;
-    wait_until(
-        "every message reached both APIs",
-        Duration::from_secs(30),
-        || {
-            let done = keys(&user) == ids && keys(&log) == ids;
-            async move { done }
-        },
-    )
-    .await;
+    let ids = broker.publish_numbered("s", 0..90).await;
+    wait_delivered(&user, &log, &ids, Duration::from_secs(30)).await;
     let mut total = 0.0;
     for (i, w) in workers.iter().enumerate() {
         let acked = w.metric("bridge_messages_total{outcome=\"acked\"}").await;
