@@ -168,3 +168,40 @@ async fn a_slow_message_does_not_hold_back_the_others() {
     worker.wait_settled(10).await;
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn quorum_queues_are_declared_and_used() {
+    let broker = Broker::new("quorum").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    let mut settings = fast_settings(&user, &log);
+    settings.push(("BRIDGE_QUEUE_TYPE".into(), "quorum".into()));
+    let worker = Worker::start(&broker, settings).await;
+
+    broker
+        .publish(b"{\"q\":1}", BasicProperties::default())
+        .await;
+    broker
+        .publish(b"not json", BasicProperties::default())
+        .await;
+    worker.wait_settled(2).await;
+    worker.stop().await;
+    assert_eq!(
+        broker.drain(&broker.dlq).await.len(),
+        1,
+        "one dead-lettered into the quorum DLQ"
+    );
+
+    // The queues really are quorum queues: declaring them classic is refused.
+    let ch = broker.conn.create_channel().await.unwrap();
+    let classic = ch
+        .queue_declare(
+            broker.queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await;
+    assert!(classic.is_err(), "{classic:?}");
+}

@@ -73,9 +73,5 @@ async fn a_permanent_failure_dead_letters_even_under_hold() {
     broker.publish(b"{}", BasicProperties::default()).await;
     worker.wait_settled(1).await;
     worker.stop().await;
-    assert_eq!(worker_dead(&broker).await, 1);
-}
-
-async fn worker_dead(broker: &Broker) -> usize {
-    broker.drain(&broker.dlq).await.len()
+    assert_eq!(broker.drain(&broker.dlq).await.len(), 1);
 }
