@@ -48,11 +48,9 @@ pub struct Worker {
     pause: PauseSender,
 }
 
-/// What happened to one message, for its log line.
-struct Report {
-    calls: [Option<CallReport>; 2],
-    reason: Option<&'static str>,
-}
+/// Each API's call report, indexed by `Target as usize`; `None` when the API
+/// was not called.
+type Calls = [Option<CallReport>; 2];
 
 impl Worker {
     /// # Errors
@@ -88,16 +86,20 @@ impl Worker {
             if !unknown.is_empty() {
                 warn!(?unknown, "ignoring unknown names in x-bridge-done-targets");
             }
-            let (disposition, report) = self.process(&msg).await;
+            let (disposition, calls) = self.process(&msg).await;
+            let reason = match &disposition {
+                Disposition::DeadLetter(dl) => Some(dl.reason.as_str()),
+                _ => None,
+            };
             let outcome = self
                 .settle(&acker, &publisher, &properties, &msg, disposition)
                 .await;
             self.metrics.count_outcome(outcome);
-            let ms = |t: Target| report.calls[t as usize].as_ref().map(|r| millis(r.elapsed));
+            let ms = |t: Target| calls[t as usize].as_ref().map(|r| millis(r.elapsed));
             info!(
                 message_id = %msg.message_id,
                 outcome = outcome.as_str(),
-                reason = report.reason,
+                reason,
                 user_management_ms = ms(Target::UserManagement),
                 logging_ms = ms(Target::Logging),
                 total_ms = millis(started.elapsed()),
@@ -111,11 +113,7 @@ impl Worker {
     }
 
     /// Validates, calls what still needs calling, and decides.
-    async fn process(&self, msg: &InboundMessage) -> (Disposition, Report) {
-        let mut report = Report {
-            calls: [None, None],
-            reason: None,
-        };
+    async fn process(&self, msg: &InboundMessage) -> (Disposition, Calls) {
         let requests = match validate_json(&msg.body) {
             Err(why) => Err(why.0),
             Ok(json) => Requests::build(msg, &msg.body[json], msg.event(&self.log_event))
@@ -126,8 +124,7 @@ impl Worker {
             Err(why) => {
                 debug!(%why, "invalid payload");
                 let dl = DeadLetter::invalid_payload(why);
-                report.reason = Some(dl.reason.as_str());
-                return (Disposition::DeadLetter(dl), report);
+                return (Disposition::DeadLetter(dl), [None, None]);
             }
         };
         let call = |target: Target| {
@@ -142,21 +139,17 @@ impl Worker {
         };
         // Both requests start together; each retries on its own.
         let (user, log) = tokio::join!(call(Target::UserManagement), call(Target::Logging));
-        report.calls = [user, log];
+        let calls = [user, log];
         let outcomes: Vec<(Target, CallOutcome)> = Target::ALL
             .iter()
             .map(|&t| {
-                let outcome = report.calls[t as usize]
+                let outcome = calls[t as usize]
                     .as_ref()
                     .map_or(CallOutcome::AlreadyDone, |r| r.outcome.clone());
                 (t, outcome)
             })
             .collect();
-        let disposition = decide(msg.done, &outcomes, self.hold_on_outage);
-        if let Disposition::DeadLetter(dl) = &disposition {
-            report.reason = Some(dl.reason.as_str());
-        }
-        (disposition, report)
+        (decide(msg.done, &outcomes, self.hold_on_outage), calls)
     }
 
     /// Carries out a disposition. The ack always comes last: until then the

@@ -79,12 +79,14 @@ fn republished(
     props: &BasicProperties,
     msg: &InboundMessage,
     headers: FieldTable,
+    keep: Keep,
 ) -> BasicProperties {
-    let mut out = props.clone();
-    if !msg.message_id_from_property {
-        out = out.with_message_id(ShortString::from(msg.message_id.as_str()));
+    let out = rebuilt(props, headers, keep);
+    if msg.message_id_from_property {
+        out
+    } else {
+        out.with_message_id(ShortString::from(msg.message_id.as_str()))
     }
-    rebuilt(&out, headers, Keep::Expiration)
 }
 
 #[derive(PartialEq)]
@@ -155,9 +157,12 @@ pub fn dead_letter_properties(
     msg: &InboundMessage,
     dl_headers: Vec<(&'static str, HeaderValue)>,
 ) -> BasicProperties {
-    let out = republished(props, msg, headers_with(props, dl_headers));
-    let headers = out.headers().clone().unwrap_or_default();
-    rebuilt(&out, headers, Keep::NoExpiration)
+    republished(
+        props,
+        msg,
+        headers_with(props, dl_headers),
+        Keep::NoExpiration,
+    )
 }
 
 /// Properties of a message held back into the inbound queue under the `hold`
@@ -174,7 +179,7 @@ pub fn held_properties(
             HeaderValue::Text(done.to_string()),
         )],
     );
-    republished(props, msg, headers)
+    republished(props, msg, headers, Keep::Expiration)
 }
 
 /// Properties of a message replayed from the DLQ: `x-bridge-done-targets` is
