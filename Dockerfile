@@ -31,6 +31,8 @@ ENV CARGO_PROFILE_RELEASE_STRIP=symbols \
 #    target files are missing; only src/ is replaced by the real thing below,
 #    the others are never built by `cargo build --release`.
 COPY Cargo.toml Cargo.lock ./
+# The vendored crates that Cargo.toml's [patch.crates-io] points at.
+COPY patches ./patches
 RUN set -eu; \
     mkdir -p src; \
     : > src/lib.rs; \
