@@ -2,7 +2,7 @@ use crate::{flags::*, types::*, value::*};
 use nom::{
     self, Parser,
     bytes::streaming::take,
-    combinator::{all_consuming, complete, flat_map, map, map_opt, map_parser, map_res},
+    combinator::{all_consuming, complete, flat_map, map, map_opt, map_parser},
     error::{ContextError, ErrorKind, ParseError, context},
     multi::fold_many0,
     number::streaming::{
@@ -100,10 +100,25 @@ pub type ParserError = nom::Err<ParserErrors>;
 /// Return type of parsers
 pub type ParserResult<I, T> = Result<(I, T), ParserError>;
 
+/// How deep field tables and field arrays are parsed into values inside a
+/// table or array. A deeper one is returned as the
+/// [ByteArray](../type.ByteArray.html) of its encoded content (after its
+/// length): a peer can nest them as deep as a frame allows, and parsing (or
+/// dropping, or serializing) such a value recursively would overflow the stack.
+pub const MAX_NESTING_DEPTH: usize = 64;
+
 /// Parse the [AMQPValue](../type.AMQPValue.html) of the given [AMQPType](../type.AMQPType.html)
 #[must_use]
 pub fn parse_raw_value<I: ParsableInput>(
     amqp_type: AMQPType,
+) -> impl Parser<I, Output = AMQPValue, Error = ParserErrors> {
+    parse_raw_value_at(amqp_type, 0)
+}
+
+/// [parse_raw_value] for a value nested `depth` tables or arrays deep.
+fn parse_raw_value_at<I: ParsableInput>(
+    amqp_type: AMQPType,
+    depth: usize,
 ) -> impl Parser<I, Output = AMQPValue, Error = ParserErrors> {
     context("parse_raw_value", move |i| match amqp_type {
         AMQPType::Boolean => map(parse_boolean, AMQPValue::Boolean).parse(i),
@@ -121,9 +136,20 @@ pub fn parse_raw_value<I: ParsableInput>(
         AMQPType::DecimalValue => map(parse_decimal_value, AMQPValue::DecimalValue).parse(i),
         AMQPType::ShortString => map(parse_short_string, AMQPValue::ShortString).parse(i),
         AMQPType::LongString => map(parse_long_string, AMQPValue::LongString).parse(i),
-        AMQPType::FieldArray => map(parse_field_array, AMQPValue::FieldArray).parse(i),
+        AMQPType::FieldArray | AMQPType::FieldTable if depth >= MAX_NESTING_DEPTH => {
+            map(parse_byte_array, AMQPValue::ByteArray).parse(i)
+        }
+        AMQPType::FieldArray => map(
+            move |i| parse_field_array_at(i, depth + 1),
+            AMQPValue::FieldArray,
+        )
+        .parse(i),
         AMQPType::Timestamp => map(parse_timestamp, AMQPValue::Timestamp).parse(i),
-        AMQPType::FieldTable => map(parse_field_table, AMQPValue::FieldTable).parse(i),
+        AMQPType::FieldTable => map(
+            move |i| parse_field_table_at(i, depth + 1),
+            AMQPValue::FieldTable,
+        )
+        .parse(i),
         AMQPType::ByteArray => map(parse_byte_array, AMQPValue::ByteArray).parse(i),
         AMQPType::Void => Ok((i, AMQPValue::Void)),
     })
@@ -131,7 +157,15 @@ pub fn parse_raw_value<I: ParsableInput>(
 
 /// Parse an [AMQPValue](../type.AMQPValue.html)
 pub fn parse_value<I: ParsableInput>(i: I) -> ParserResult<I, AMQPValue> {
-    context("parse_value", flat_map(parse_type, parse_raw_value)).parse(i)
+    parse_value_at(i, 0)
+}
+
+fn parse_value_at<I: ParsableInput>(i: I, depth: usize) -> ParserResult<I, AMQPValue> {
+    context(
+        "parse_value",
+        flat_map(parse_type, move |t| parse_raw_value_at(t, depth)),
+    )
+    .parse(i)
 }
 
 /// Parse an [AMQPType](../type.AMQPType.html)
@@ -215,18 +249,34 @@ pub fn parse_decimal_value<I: ParsableInput>(i: I) -> ParserResult<I, DecimalVal
     .parse(i)
 }
 
-fn make_str<I: Input<Item = u8>>(i: I) -> Result<String, std::string::FromUtf8Error> {
-    String::from_utf8(i.iter_elements().collect())
+/// A short string from its bytes. On the wire a short string is any bytes
+/// (RabbitMQ accepts and forwards header names, property values, exchange
+/// names and routing keys that are not UTF-8), so bytes that are not UTF-8
+/// are replaced with U+FFFD, as [String::from_utf8_lossy] does, rather than
+/// failing the frame. The result is cut at a character boundary to stay within
+/// [MAX_SHORT_STRING_LENGTH] bytes, so that it can be serialized again.
+fn make_short_string<I: Input<Item = u8>>(i: I) -> ShortString {
+    let s = match String::from_utf8(i.iter_elements().collect()) {
+        Ok(s) => s,
+        Err(e) => {
+            let mut s = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let mut end = s.len().min(MAX_SHORT_STRING_LENGTH);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+            s
+        }
+    };
+    ShortString::from(s)
 }
 
-/// Parse a [ShortString](../type.ShortString.html)
+/// Parse a [ShortString](../type.ShortString.html). Bytes that are not UTF-8
+/// are replaced with U+FFFD (see `make_short_string`).
 pub fn parse_short_string<I: ParsableInput>(i: I) -> ParserResult<I, ShortString> {
     context(
         "parse_short_string",
-        map(
-            map_res(flat_map(parse_short_short_uint, take), make_str),
-            ShortString::from,
-        ),
+        map(flat_map(parse_short_short_uint, take), make_short_string),
     )
     .parse(i)
 }
@@ -244,12 +294,19 @@ pub fn parse_long_string<I: ParsableInput>(i: I) -> ParserResult<I, LongString> 
 
 /// Parse a [FieldArray](../type.FieldArray.html)
 pub fn parse_field_array<I: ParsableInput>(i: I) -> ParserResult<I, FieldArray> {
+    parse_field_array_at(i, 0)
+}
+
+fn parse_field_array_at<I: ParsableInput>(i: I, depth: usize) -> ParserResult<I, FieldArray> {
     context(
         "parse_field_array",
         map_parser(
             flat_map(parse_long_uint, take),
             all_consuming(fold_many0(
-                context("parse_field_array_entry", complete(parse_value)),
+                context(
+                    "parse_field_array_entry",
+                    complete(move |i| parse_value_at(i, depth)),
+                ),
                 FieldArray::default,
                 |mut acc, elem| {
                     acc.push(elem);
@@ -268,6 +325,10 @@ pub fn parse_timestamp<I: ParsableInput>(i: I) -> ParserResult<I, Timestamp> {
 
 /// Parse a [FieldTable](../type.FieldTable.html)
 pub fn parse_field_table<I: ParsableInput>(i: I) -> ParserResult<I, FieldTable> {
+    parse_field_table_at(i, 0)
+}
+
+fn parse_field_table_at<I: ParsableInput>(i: I, depth: usize) -> ParserResult<I, FieldTable> {
     context(
         "parse_field_table",
         map_parser(
@@ -275,7 +336,7 @@ pub fn parse_field_table<I: ParsableInput>(i: I) -> ParserResult<I, FieldTable> 
             all_consuming(fold_many0(
                 context(
                     "parse_field_table_entry",
-                    complete(pair(parse_short_string, parse_value)),
+                    complete(pair(parse_short_string, move |i| parse_value_at(i, depth))),
                 ),
                 FieldTable::default,
                 |mut acc, (key, value)| {
@@ -543,6 +604,101 @@ mod test {
             ),
             Ok((EMPTY, table))
         );
+    }
+
+    #[test]
+    fn test_parse_short_string_not_utf8() {
+        // RabbitMQ forwards any bytes in a short string (pika:
+        // `headers={b"x-\xff\xfe": "v"}`); one must not fail the frame.
+        assert_eq!(
+            parse_short_string(&[4, b'x', b'-', 0xff, 0xfe][..]),
+            Ok((EMPTY, "x-\u{FFFD}\u{FFFD}".into()))
+        );
+        // 255 invalid bytes would be 765 bytes of U+FFFD: cut to fit, on a
+        // character boundary, so that the value can be serialized again.
+        let mut long = vec![255u8];
+        long.extend([0xff; 255]);
+        let (rest, s) = parse_short_string(&long[..]).unwrap();
+        assert_eq!(rest, EMPTY);
+        assert_eq!(s.as_str(), "\u{FFFD}".repeat(85));
+        let mut buf = vec![0u8; 300];
+        let (_, written) = cookie_factory::r#gen(
+            crate::generation::gen_short_string(s.as_str()),
+            &mut buf[..],
+        )
+        .unwrap();
+        assert_eq!(written, 256);
+        // A field-table name that is not UTF-8, then the rest of the table.
+        let mut table = FieldTable::default();
+        table.insert("x-\u{FFFD}".into(), AMQPValue::LongString("v".into()));
+        table.insert("k".into(), AMQPValue::Boolean(true));
+        assert_eq!(
+            parse_field_table(
+                &[
+                    0, 0, 0, 14, 3, b'x', b'-', 0xfe, b'S', 0, 0, 0, 1, b'v', 1, b'k', b't', 1
+                ][..]
+            ),
+            Ok((EMPTY, table))
+        );
+    }
+
+    /// A table holding a table holding … `levels` deep, its innermost value `V`.
+    fn nested_table(levels: usize) -> Vec<u8> {
+        let mut value = vec![b'V'];
+        for _ in 0..levels {
+            let mut table = Vec::with_capacity(value.len() + 6);
+            table.extend((value.len() as u32 + 2).to_be_bytes());
+            table.extend([1, b'k']);
+            table.extend(&value);
+            value = [&[b'F'][..], &table].concat();
+        }
+        value
+    }
+
+    fn depth(value: &AMQPValue) -> (usize, &AMQPValue) {
+        match value {
+            AMQPValue::FieldTable(t) => {
+                let (d, inner) = depth(&t.inner()["k"]);
+                (d + 1, inner)
+            }
+            other => (0, other),
+        }
+    }
+
+    #[test]
+    fn test_parse_deeply_nested_tables() {
+        // Up to the limit: tables all the way down.
+        let bytes = nested_table(MAX_NESTING_DEPTH);
+        let (rest, value) = parse_value(&bytes[..]).unwrap();
+        assert_eq!(rest, EMPTY);
+        assert_eq!(depth(&value), (MAX_NESTING_DEPTH, &AMQPValue::Void));
+        // Deeper (as deep as a 128 KiB frame allows): the part beyond the
+        // limit is kept as the bytes of its content, without recursing into
+        // it, and is serialized back byte for byte.
+        let bytes = nested_table(18_000);
+        let (rest, value) = parse_value(&bytes[..]).unwrap();
+        assert_eq!(rest, EMPTY);
+        let (levels, innermost) = depth(&value);
+        assert_eq!(levels, MAX_NESTING_DEPTH);
+        let AMQPValue::ByteArray(content) = innermost else {
+            panic!("{innermost:?}")
+        };
+        assert_eq!(content.len(), bytes.len() - 7 * MAX_NESTING_DEPTH - 5);
+        let mut buf = vec![0u8; bytes.len()];
+        let (_, written) =
+            cookie_factory::r#gen(crate::generation::gen_value(&value), &mut buf[..]).unwrap();
+        assert_eq!(written as usize, bytes.len());
+        // Same bytes, except the tag of the deepest table kept: 'x', not 'F'.
+        let differing: Vec<usize> = (0..bytes.len()).filter(|&n| buf[n] != bytes[n]).collect();
+        assert_eq!(differing, vec![7 * MAX_NESTING_DEPTH]);
+        assert_eq!(buf[differing[0]], b'x');
+        // Arrays count too.
+        let mut array = vec![b'V'];
+        for _ in 0..18_000 {
+            let len = (array.len() as u32).to_be_bytes();
+            array = [&[b'A'][..], &len, &array].concat();
+        }
+        assert!(parse_value(&array[..]).is_ok());
     }
 
     #[test]
