@@ -1,0 +1,517 @@
+//! No single message can stop the queue: messages that RabbitMQ accepts and
+//! forwards but that lapin's parser used to refuse (short strings that are
+//! not UTF-8) or could not survive (tables nested thousands deep) are
+//! published byte by byte with the raw client; each is taken by the running
+//! worker (acked, or dead-lettered with its reason when its body is bad) and
+//! the messages behind it are acked, on the same connection.
+//!
+//! Each test publishes, per poison class, one poison message with a valid
+//! body (delivered and acked) and one with a body that is not JSON
+//! (dead-lettered `invalid_payload`, which proves that lapin can serialise
+//! what it parsed), then normal messages.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use fanout_bridge::metrics::{Metrics, Outcome};
+use lapin::{message::Delivery, types::AMQPValue};
+
+use crate::{
+    helpers::*,
+    raw_amqp::{wire, Props, RawConnection},
+};
+
+const NORMAL: usize = 3;
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Samples `bridge_broker_connected` every few milliseconds: a dropped
+/// connection keeps it at 0 for the reconnect backoff (at least 250 ms).
+struct ConnectionWatch {
+    dropped: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConnectionWatch {
+    fn start(metrics: &Metrics) -> ConnectionWatch {
+        let gauge = metrics.broker_connected.clone();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&dropped);
+        let task = tokio::spawn(async move {
+            loop {
+                if gauge.get() != 1 {
+                    flag.store(true, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        ConnectionWatch { dropped, task }
+    }
+
+    fn dropped(&self) -> bool {
+        self.dropped.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ConnectionWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A running worker on fresh queues, watched for reconnects.
+struct Case {
+    broker: Broker,
+    user: FakeApi,
+    log: FakeApi,
+    worker: Worker,
+    watch: ConnectionWatch,
+    raw: RawConnection,
+}
+
+impl Case {
+    async fn start(name: &str) -> Case {
+        Case::start_with(name, Vec::new()).await
+    }
+
+    async fn start_with(name: &str, settings: Vec<(String, String)>) -> Case {
+        let broker = Broker::new(name).await;
+        let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+        let mut vars = fast_settings(&user, &log);
+        vars.extend(settings);
+        let worker = Worker::start(&broker, vars).await;
+        let watch = ConnectionWatch::start(&worker.metrics);
+        let raw = RawConnection::connect().await;
+        Case {
+            broker,
+            user,
+            log,
+            worker,
+            watch,
+            raw,
+        }
+    }
+
+    /// Publishes the poison message twice (a valid body, then one that is not
+    /// JSON) with `props`, to the inbound queue.
+    async fn publish_poison(&mut self, props: &Props) {
+        let queue = self.broker.queue.clone();
+        self.raw
+            .publish_to_queue(&queue, props, b"{\"poison\":1}")
+            .await;
+        self.raw
+            .publish_to_queue(&queue, props, b"{\"poison\":")
+            .await;
+    }
+
+    /// Publishes the normal messages behind the poison ones, waits until
+    /// everything is settled, and checks that nothing reconnected. `poison_key`
+    /// is the Idempotency-Key the valid poison message reaches the APIs with.
+    /// Returns the DLQ copy of the invalid one.
+    async fn finish(self, name: &str, poison_key: &str) -> Delivery {
+        let Case {
+            broker,
+            user,
+            log,
+            worker,
+            watch,
+            raw,
+        } = self;
+        raw.close().await;
+        let mut ids = broker.publish_numbered(name, 0..NORMAL).await;
+        ids.insert(poison_key.to_owned());
+        wait_until("every message reached both APIs", DEADLINE, || {
+            let done = keys(&user) == ids && keys(&log) == ids;
+            async move { done }
+        })
+        .await;
+        wait_until("every message settled", DEADLINE, || {
+            let settled = worker.settled();
+            async move { settled == NORMAL as u64 + 2 }
+        })
+        .await;
+        assert_eq!(
+            (
+                worker.count(Outcome::Acked),
+                worker.count(Outcome::DeadLettered),
+                worker.count(Outcome::Requeued)
+            ),
+            (NORMAL as u64 + 1, 1, 0),
+            "the valid poison message and the normal ones acked, the bad body dead-lettered"
+        );
+        assert!(
+            !watch.dropped(),
+            "the worker kept its broker connection (bridge_broker_connected never left 1)"
+        );
+        assert_eq!(worker.metrics.broker_connected.get(), 1, "still connected");
+        worker.stop().await;
+        assert_eq!(
+            broker.depth(&broker.queue).await,
+            0,
+            "the inbound queue is empty"
+        );
+        let mut dead = broker.drain(&broker.dlq).await;
+        assert_eq!(dead.len(), 1, "one DLQ copy");
+        let d = dead.pop().unwrap();
+        assert_eq!(&d.data[..], b"{\"poison\":");
+        assert_eq!(
+            header_text(&d, "x-bridge-reason").as_deref(),
+            Some("invalid_payload")
+        );
+        assert!(header_text(&d, "x-bridge-error").is_some());
+        d
+    }
+}
+
+/// The Idempotency-Keys an API received (as text, lossily: a key may carry
+/// U+FFFD as its UTF-8 bytes).
+fn keys(api: &FakeApi) -> HashSet<String> {
+    api.received()
+        .iter()
+        .filter_map(|r| r.headers.get("idempotency-key"))
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+fn header<'a>(d: &'a Delivery, name: &str) -> &'a AMQPValue {
+    d.properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name))
+        .unwrap_or_else(|| panic!("header {name:?} in {:?}", d.properties.headers()))
+}
+
+#[tokio::test]
+async fn a_header_name_that_is_not_utf8_is_taken_and_the_queue_moves_on() {
+    let mut case = Case::start("poison.name").await;
+    // What pika sends for headers={b"x-\xff\xfe": "v"}.
+    let props = Props {
+        headers: Some(wire::table(&[
+            (b"x-\xff\xfe", wire::long_string_value(b"v")),
+            (b"tenant", wire::long_string_value(b"acme")),
+        ])),
+        ..Props::with_id("poison-name")
+    };
+    case.publish_poison(&props).await;
+    let d = case.finish("name", "poison-name").await;
+    // The name is decoded lossily (U+FFFD); its value and the other headers
+    // are kept.
+    assert_eq!(
+        header(&d, "x-\u{FFFD}\u{FFFD}"),
+        &AMQPValue::LongString("v".into())
+    );
+    assert_eq!(header_text(&d, "tenant").as_deref(), Some("acme"));
+}
+
+#[tokio::test]
+async fn property_values_that_are_not_utf8_are_taken_and_the_queue_moves_on() {
+    let mut case = Case::start("poison.props").await;
+    let props = Props {
+        content_type: Some(b"application/json; charset=\xff".to_vec()),
+        content_encoding: Some(b"\xfe".to_vec()),
+        correlation_id: Some(b"corr-\xff".to_vec()),
+        reply_to: Some(b"reply-\xff".to_vec()),
+        message_id: Some(b"poison-\xff".to_vec()),
+        kind: Some(b"user.\xffregistered".to_vec()),
+        app_id: Some(b"app-\xc3".to_vec()),
+        ..Props::default()
+    };
+    case.publish_poison(&props).await;
+    let log = case.log.clone();
+    let d = case.finish("props", "poison-\u{FFFD}").await;
+    // The valid one reached the APIs with the lossy values.
+    let sent = log
+        .received()
+        .into_iter()
+        .find(|r| r.headers["idempotency-key"].as_bytes() == "poison-\u{FFFD}".as_bytes())
+        .unwrap();
+    assert_eq!(sent.json()["event"], "user.\u{FFFD}registered");
+    assert_eq!(
+        sent.headers["x-correlation-id"].as_bytes(),
+        "corr-\u{FFFD}".as_bytes()
+    );
+    // The DLQ copy keeps them (lossily decoded), so it can be replayed.
+    let p = &d.properties;
+    let s = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.to_string());
+    assert_eq!(s(p.message_id()).as_deref(), Some("poison-\u{FFFD}"));
+    assert_eq!(s(p.kind()).as_deref(), Some("user.\u{FFFD}registered"));
+    assert_eq!(s(p.correlation_id()).as_deref(), Some("corr-\u{FFFD}"));
+    assert_eq!(
+        s(p.content_type()).as_deref(),
+        Some("application/json; charset=\u{FFFD}")
+    );
+    assert_eq!(s(p.content_encoding()).as_deref(), Some("\u{FFFD}"));
+    assert_eq!(s(p.reply_to()).as_deref(), Some("reply-\u{FFFD}"));
+    assert_eq!(s(p.app_id()).as_deref(), Some("app-\u{FFFD}"));
+}
+
+#[tokio::test]
+async fn a_full_length_short_string_that_is_not_utf8_still_fits_when_republished() {
+    let mut case = Case::start("poison.long-short").await;
+    // 255 bytes that are not UTF-8 would be 765 bytes of U+FFFD.
+    let props = Props {
+        message_id: Some(vec![0xff; 255]),
+        headers: Some(wire::table(&[(
+            &[0xfe; 255],
+            wire::long_string_value(b"v"),
+        )])),
+        ..Props::default()
+    };
+    case.publish_poison(&props).await;
+    let key = "\u{FFFD}".repeat(85);
+    let d = case.finish("long-short", &key).await;
+    assert_eq!(d.properties.message_id().as_ref().unwrap().as_str(), key);
+    assert_eq!(header(&d, &key), &AMQPValue::LongString("v".into()));
+}
+
+#[tokio::test]
+async fn a_routing_key_that_is_not_utf8_is_taken_and_the_queue_moves_on() {
+    // Basic.Deliver carries the routing key the message was published with;
+    // through a fanout exchange it can be any bytes. (The broker refuses
+    // exchange and queue names that are not UTF-8.)
+    let mut case = Case::start("poison.rk").await;
+    let exchange = format!("{}.fanout", case.broker.queue);
+    case.raw
+        .exchange_declare(exchange.as_bytes(), "fanout")
+        .await;
+    let queue = case.broker.queue.clone();
+    case.raw.queue_bind(&queue, exchange.as_bytes(), b"").await;
+    let props = Props::with_id("poison-rk");
+    for body in [&b"{\"poison\":1}"[..], b"{\"poison\":"] {
+        let confirm = case
+            .raw
+            .publish(exchange.as_bytes(), b"rk-\xff\xfe", &props, body)
+            .await;
+        assert_eq!(confirm, crate::raw_amqp::Confirm::Ack);
+    }
+    case.raw.exchange_delete(exchange.as_bytes()).await;
+    let d = case.finish("rk", "poison-rk").await;
+    assert_eq!(
+        d.properties.message_id().as_ref().unwrap().as_str(),
+        "poison-rk"
+    );
+}
+
+#[tokio::test]
+async fn long_string_header_values_that_are_not_utf8_travel_byte_for_byte() {
+    // Long strings are bytes in lapin (they always parsed); the worker must
+    // not choke on one where it reads text (trace context, done targets).
+    let mut case = Case::start("poison.longstr").await;
+    let props = Props {
+        headers: Some(wire::table(&[
+            (b"blob", wire::long_string_value(b"\xff\xfe\x00bytes")),
+            (b"traceparent", wire::long_string_value(b"00-\xff-\xfe-01")),
+            (b"tracestate", wire::long_string_value(b"k=\xff")),
+            (
+                b"x-bridge-done-targets",
+                wire::long_string_value(b"log\xffging"),
+            ),
+        ])),
+        ..Props::with_id("poison-longstr")
+    };
+    case.publish_poison(&props).await;
+    let user = case.user.clone();
+    let d = case.finish("longstr", "poison-longstr").await;
+    assert!(
+        keys(&user).contains("poison-longstr"),
+        "an unknown done target is ignored: the API is called"
+    );
+    assert_eq!(
+        header(&d, "blob"),
+        &AMQPValue::LongString(b"\xff\xfe\x00bytes".to_vec().into())
+    );
+    assert_eq!(
+        header(&d, "traceparent"),
+        &AMQPValue::LongString(b"00-\xff-\xfe-01".to_vec().into())
+    );
+}
+
+/// Every field-value type RabbitMQ accepts in a header table (and forwards
+/// unchanged), with its encoding and what lapin reads it as.
+fn every_field_type() -> Vec<(&'static [u8], Vec<u8>, AMQPValue)> {
+    use lapin::types::{DecimalValue, FieldArray, FieldTable};
+    let mut inner = FieldTable::default();
+    inner.insert("n".into(), AMQPValue::LongInt(1));
+    vec![
+        (b"t", wire::value(b't', &[1]), AMQPValue::Boolean(true)),
+        (
+            b"b",
+            wire::value(b'b', &[0xff]),
+            AMQPValue::ShortShortInt(-1),
+        ),
+        (
+            b"B",
+            wire::value(b'B', &[0xff]),
+            AMQPValue::ShortShortUInt(255),
+        ),
+        (
+            b"s",
+            wire::value(b's', &[0xff, 0xfe]),
+            AMQPValue::ShortInt(-2),
+        ),
+        (
+            b"u",
+            wire::value(b'u', &[0xff, 0xfe]),
+            AMQPValue::ShortUInt(65534),
+        ),
+        (
+            b"I",
+            wire::value(b'I', &(-5i32).to_be_bytes()),
+            AMQPValue::LongInt(-5),
+        ),
+        (
+            b"i",
+            wire::value(b'i', &u32::MAX.to_be_bytes()),
+            AMQPValue::LongUInt(u32::MAX),
+        ),
+        (
+            b"l",
+            wire::value(b'l', &i64::MIN.to_be_bytes()),
+            AMQPValue::LongLongInt(i64::MIN),
+        ),
+        // Not RabbitMQ's own tag for it, but accepted and forwarded.
+        (
+            b"L",
+            wire::value(b'L', &7i64.to_be_bytes()),
+            AMQPValue::LongLongInt(7),
+        ),
+        (
+            b"f",
+            wire::value(b'f', &1.5f32.to_be_bytes()),
+            AMQPValue::Float(1.5),
+        ),
+        (
+            b"d",
+            wire::value(b'd', &(-2.25f64).to_be_bytes()),
+            AMQPValue::Double(-2.25),
+        ),
+        (
+            b"D",
+            wire::value(b'D', &[2, 0, 0, 0x30, 0x39]),
+            AMQPValue::DecimalValue(DecimalValue {
+                scale: 2,
+                value: 12345,
+            }),
+        ),
+        (
+            b"T",
+            wire::value(b'T', &u64::MAX.to_be_bytes()),
+            AMQPValue::Timestamp(u64::MAX),
+        ),
+        (b"V", wire::value(b'V', &[]), AMQPValue::Void),
+        (
+            b"x",
+            wire::value(b'x', &wire::long(b"\x00\xff\xfe")),
+            AMQPValue::ByteArray(vec![0, 0xff, 0xfe].into()),
+        ),
+        (
+            b"A",
+            wire::value(
+                b'A',
+                &wire::long(
+                    &[
+                        wire::value(b'x', &wire::long(b"\xff")),
+                        wire::value(b'V', &[]),
+                    ]
+                    .concat(),
+                ),
+            ),
+            AMQPValue::FieldArray(FieldArray::from(vec![
+                AMQPValue::ByteArray(vec![0xff].into()),
+                AMQPValue::Void,
+            ])),
+        ),
+        (
+            b"F",
+            wire::value(
+                b'F',
+                &wire::table(&[(b"n", wire::value(b'I', &1i32.to_be_bytes()))]),
+            ),
+            AMQPValue::FieldTable(inner),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_field_value_type_the_broker_forwards_is_taken_and_republished() {
+    let mut case = Case::start("poison.types").await;
+    let types = every_field_type();
+    let entries: Vec<(&[u8], Vec<u8>)> = types.iter().map(|(k, v, _)| (*k, v.clone())).collect();
+    let props = Props {
+        headers: Some(wire::table(&entries)),
+        ..Props::with_id("poison-types")
+    };
+    case.publish_poison(&props).await;
+    let d = case.finish("types", "poison-types").await;
+    // The DLQ copy, as lapin wrote it and the broker forwarded it, reads back
+    // as the same values.
+    for (name, _, value) in &types {
+        assert_eq!(header(&d, std::str::from_utf8(name).unwrap()), value);
+    }
+}
+
+#[tokio::test]
+async fn a_header_table_nested_thousands_deep_is_taken_and_the_queue_moves_on() {
+    // The broker forwards a table nested as deep as a frame allows; parsing
+    // it recursively overflowed the stack and aborted the whole process.
+    // Such a header frame is ~105 KB: take RabbitMQ's default frame size.
+    let mut url = url::Url::parse(&amqp_url()).unwrap();
+    url.query_pairs_mut().append_pair("frame_max", "131072");
+    let settings = vec![("BRIDGE_AMQP_URL".to_owned(), url.to_string())];
+    let mut case = Case::start_with("poison.deep", settings).await;
+    let mut value = wire::long_string_value(b"bottom");
+    for _ in 0..15_000 {
+        value = wire::value(b'F', &wire::table(&[(b"k", value)]));
+    }
+    let props = Props {
+        headers: Some(wire::table(&[
+            (b"deep", value),
+            (b"tenant", wire::long_string_value(b"acme")),
+        ])),
+        ..Props::with_id("poison-deep")
+    };
+    case.publish_poison(&props).await;
+    let d = case.finish("deep", "poison-deep").await;
+    assert_eq!(header_text(&d, "tenant").as_deref(), Some("acme"));
+    // 64 levels are tables; what is below is kept as bytes.
+    let mut v = header(&d, "deep");
+    let mut levels = 0;
+    while let AMQPValue::FieldTable(t) = v {
+        v = &t.inner()["k"];
+        levels += 1;
+    }
+    assert_eq!(levels, 64);
+    assert!(matches!(v, AMQPValue::ByteArray(b) if b.as_slice().ends_with(b"bottom")));
+}
+
+/// The broker refuses a field-value type it does not know (the spec's 'U',
+/// any other byte): such a message never reaches a queue, so the worker
+/// never meets one.
+#[tokio::test]
+async fn the_broker_refuses_field_types_it_does_not_know() {
+    let broker = Broker::new("poison.unknown").await;
+    broker.declare().await;
+    for tag in [b'U', b'Z'] {
+        let queue = broker.queue.clone();
+        let props = Props {
+            headers: Some(wire::table(&[(b"u", wire::value(tag, &[0, 1]))])),
+            ..Props::with_id("unknown")
+        };
+        let published = tokio::spawn(async move {
+            let mut raw = RawConnection::connect().await;
+            raw.publish(b"", queue.as_bytes(), &props, b"{}").await
+        })
+        .await;
+        assert!(
+            published.is_err(),
+            "the broker closed the connection on type {}",
+            tag as char
+        );
+    }
+    assert_eq!(broker.depth(&broker.queue).await, 0);
+}
