@@ -126,6 +126,10 @@ impl Case {
         let mut ids = broker.publish_numbered(name, 0..NORMAL).await;
         ids.insert(poison_key.to_owned());
         wait_until("every message reached both APIs", DEADLINE, || {
+            assert!(
+                !watch.dropped(),
+                "the worker lost its broker connection (bridge_broker_connected left 1)"
+            );
             let done = keys(&user) == ids && keys(&log) == ids;
             async move { done }
         })
