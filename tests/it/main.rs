@@ -6,6 +6,7 @@ mod helpers;
 
 mod cli;
 mod dead_letter;
+mod dlq_quorum;
 mod fanout;
 mod faults;
 mod hold;
