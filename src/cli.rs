@@ -17,9 +17,17 @@ Examples:
   fanout-bridge dlq stats
   fanout-bridge completions bash > ~/.local/share/bash-completion/completions/fanout-bridge";
 
-/// `run --help`: every setting, its default and meaning. Kept beside the
-/// flags so that `--help`, the man page and the docs say the same thing.
-pub const SETTINGS_HELP: &str = "\
+/// `run --help`: an example, then every setting, its default and meaning.
+/// Kept beside the flags so that `--help` and the man page say the same.
+pub const RUN_LONG_HELP: &str = "\
+Example:
+  BRIDGE_USER_API_URL=http://127.0.0.1:8080/users \\
+  BRIDGE_LOG_API_URL=http://127.0.0.1:8080/logs \\
+  fanout-bridge run
+
+Metrics, /healthz and /readyz are served on BRIDGE_METRICS_ADDR.
+SIGTERM or Ctrl-C drains in-flight messages for BRIDGE_SHUTDOWN_GRACE_MS, then exits 0.
+
 Settings (environment; empty counts as unset):
   BRIDGE_AMQP_URL            default amqp://guest:guest@127.0.0.1:5672/%2f
       Broker URL (amqps:// supported), or a comma-separated list of the URLs of
@@ -122,7 +130,7 @@ Example:
 Metrics, /healthz and /readyz are served on BRIDGE_METRICS_ADDR (default 0.0.0.0:9464).
 SIGTERM or Ctrl-C drains in-flight messages for BRIDGE_SHUTDOWN_GRACE_MS, then exits 0.
 Every setting, its default and meaning: `fanout-bridge run --help`.",
-        after_long_help = SETTINGS_HELP)]
+        after_long_help = RUN_LONG_HELP)]
     Run,
 
     /// Publish JSON lines (from FILE, or stdin) to the inbound queue, with confirms

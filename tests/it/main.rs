@@ -5,6 +5,7 @@
 mod helpers;
 
 mod cli;
+mod cli_scripts;
 mod dead_letter;
 mod dlq_quorum;
 mod fanout;
