@@ -208,9 +208,19 @@ Examples:
         shell: clap_complete::Shell,
     },
 
-    /// Print the man page (roff), e.g. `fanout-bridge man > fanout-bridge.1`
-    #[command(hide = true)]
-    Man,
+    /// Print the man page (roff), or write one page per command into a directory
+    #[command(
+        hide = true,
+        after_help = "\
+Examples:
+  fanout-bridge man > /usr/local/share/man/man1/fanout-bridge.1
+  fanout-bridge man --dir /usr/local/share/man/man1   # also fanout-bridge-run.1, fanout-bridge-dlq-replay.1, …"
+    )]
+    Man {
+        /// Write fanout-bridge.1 and a page per subcommand here instead of printing
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 impl Command {
@@ -223,7 +233,7 @@ impl Command {
             Command::Publish { .. }
             | Command::Dlq { .. }
             | Command::Completions { .. }
-            | Command::Man => "warn",
+            | Command::Man { .. } => "warn",
             Command::Demo { .. } => "error",
         }
     }

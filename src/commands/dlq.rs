@@ -137,7 +137,8 @@ async fn pass(
     reader: &mut dyn Reader,
 ) -> Pass {
     let mut out = Pass::default();
-    while out.read < max && !reader.done() {
+    let mut empty = false;
+    while !empty && out.read < max && !reader.done() {
         let mut batch: Vec<(Delivery, Fate, Result<PublisherConfirm, PublishError>)> =
             Vec::with_capacity(BATCH);
         while batch.len() < BATCH && out.read < max && !reader.done() {
@@ -157,7 +158,7 @@ async fn pass(
             };
             // Someone else emptied it meanwhile: nothing more to read.
             let Some(got) = got else {
-                out.read = max;
+                empty = true;
                 break;
             };
             let delivery = got.delivery;

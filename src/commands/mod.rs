@@ -10,6 +10,7 @@ pub mod run;
 
 use std::{io::Write, process::ExitCode};
 
+use anyhow::Context;
 use clap::CommandFactory;
 
 use crate::{
@@ -54,10 +55,16 @@ pub async fn dispatch(command: Command, raw: RawConfig) -> anyhow::Result<ExitCo
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
+        Command::Man { dir: None } => {
             let mut out = std::io::stdout().lock();
             clap_mangen::Man::new(Cli::command()).render(&mut out)?;
             out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .with_context(|| format!("writing man pages to {}", dir.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::DemoApi {

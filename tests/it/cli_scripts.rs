@@ -356,6 +356,17 @@ async fn completions_for_every_shell_and_a_man_page() {
         "{man}"
     );
     assert!(man.contains("completions"));
+    let dir = std::env::temp_dir().join(unique("man"));
+    let (code, _, stderr) = run_bin(&["man", "--dir", dir.to_str().unwrap()], &[], b"").await;
+    assert_eq!(code, 0, "{stderr}");
+    let run_page = std::fs::read_to_string(dir.join("fanout-bridge-run.1"));
+    let replay_page = std::fs::read_to_string(dir.join("fanout-bridge-dlq-replay.1"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        run_page.unwrap().contains("BRIDGE_PREFETCH"),
+        "settings in run's page"
+    );
+    assert!(replay_page.unwrap().contains("dry\\-run"));
     let (_, help, _) = run_bin(&["--help"], &[], b"").await;
     assert!(
         !help.contains("\n  man "),
