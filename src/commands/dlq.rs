@@ -400,7 +400,9 @@ impl Reader for Printer {
 }
 
 /// Prints the first `limit` messages as JSON lines; they move to the DLQ's
-/// tail (all of them read: the order is unchanged).
+/// tail, behind the others (a limit of at least the depth reads them all and
+/// leaves the order as it was). Going round the rest just to restore the
+/// order would make a peek at one message cost a pass over the whole DLQ.
 ///
 /// # Errors
 /// When the broker cannot be reached or a copy is not confirmed.
