@@ -3,10 +3,10 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
-Settings come from BRIDGE_* environment variables (see the README), e.g.
+Settings come from BRIDGE_* environment variables (all of them: `fanout-bridge run --help`), e.g.
   BRIDGE_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f
 
 Examples:
@@ -14,7 +14,97 @@ Examples:
   BRIDGE_USER_API_URL=http://users.internal/users \\
   BRIDGE_LOG_API_URL=http://logs.internal/logs fanout-bridge run
   fanout-bridge publish registrations.jsonl
-  fanout-bridge dlq stats";
+  fanout-bridge dlq stats
+  fanout-bridge completions bash > ~/.local/share/bash-completion/completions/fanout-bridge";
+
+/// `run --help`: an example, then every setting, its default and meaning.
+/// Kept beside the flags so that `--help` and the man page say the same.
+pub const RUN_LONG_HELP: &str = "\
+Example:
+  BRIDGE_USER_API_URL=http://127.0.0.1:8080/users \\
+  BRIDGE_LOG_API_URL=http://127.0.0.1:8080/logs \\
+  fanout-bridge run
+
+Metrics, /healthz and /readyz are served on BRIDGE_METRICS_ADDR.
+SIGTERM or Ctrl-C drains in-flight messages for BRIDGE_SHUTDOWN_GRACE_MS, then exits 0.
+
+Settings (environment; empty counts as unset):
+  BRIDGE_AMQP_URL            default amqp://guest:guest@127.0.0.1:5672/%2f
+      Broker URL (amqps:// supported), or a comma-separated list of the URLs of
+      one cluster's nodes: each worker starts at a random one and moves on when
+      a connect fails or the session is lost. Heartbeat 10 s unless the URL sets
+      `heartbeat`; frame size the broker's unless a URL sets `frame_max`.
+  BRIDGE_QUEUE               default bridge.inbound
+      Queue consumed; declared durable if absent.
+  BRIDGE_DLQ                 default bridge.inbound.dlq
+      Dead-letter queue; declared durable if absent; must differ from BRIDGE_QUEUE.
+  BRIDGE_QUEUE_TYPE          default classic
+      classic, or quorum: both queues x-queue-type quorum, and the inbound queue
+      dead-letters to the DLQ what the broker gives up on (its delivery limit).
+  BRIDGE_USER_API_URL        required
+      User-management endpoint (POST; the message body byte for byte).
+  BRIDGE_LOG_API_URL         required
+      Logging endpoint (POST; the logging envelope).
+  BRIDGE_USER_API_TOKEN, BRIDGE_LOG_API_TOKEN      default unset
+      Sent as `Authorization: Bearer …`; never logged.
+  BRIDGE_USER_API_RATE_LIMIT, BRIDGE_LOG_API_RATE_LIMIT   default unset
+      At most this many requests to that API in any one-second window, retries
+      included. The limit is PER WORKER: N replicas send up to N times it.
+  BRIDGE_TARGETS             default user-management,logging
+      The targets every message goes to (lowercase letters, digits, `-`).
+  BRIDGE_TARGET_<N>_URL      required for each target N (N upper-cased, `-` as `_`)
+  BRIDGE_TARGET_<N>_TOKEN    default unset; Bearer token for target N
+  BRIDGE_TARGET_<N>_RATE_LIMIT  default unset; requests per second, PER WORKER
+  BRIDGE_TARGET_<N>_BODY     default raw; raw (body byte for byte) or envelope
+      The two default targets keep their own variables: user-management is
+      BRIDGE_USER_API_* (raw), logging is BRIDGE_LOG_API_* (envelope); setting
+      both spellings of one setting is an error.
+  BRIDGE_CA_FILE             default unset
+      PEM bundle trusted in addition to the platform's roots (HTTPS APIs, amqps://).
+  BRIDGE_TLS_CERT_FILE, BRIDGE_TLS_KEY_FILE        default unset
+      Client certificate and key (PEM) for the broker and the APIs (mutual TLS).
+  BRIDGE_PREFETCH            default 64
+      Messages in flight per worker (AMQP QoS); at least 1.
+  BRIDGE_HTTP_TIMEOUT_MS     default 10000
+      Timeout of one HTTP attempt.
+  BRIDGE_MAX_ATTEMPTS        default 3
+      Attempts per API for a transient failure (1 = no retry).
+  BRIDGE_RETRY_BACKOFF_MS    default 200
+      First backoff; doubles each retry, with jitter.
+  BRIDGE_OUTAGE_POLICY       default dead-letter
+      dead-letter, or hold: a message whose only failures were transient goes
+      back to the inbound queue and the worker pauses.
+  BRIDGE_OUTAGE_PAUSE_MS     default 5000
+      With hold: how long the worker takes no new message after such a failure.
+  BRIDGE_LOG_EVENT           default user.registered
+      Event name for the logging API when the message has no AMQP `type`.
+  BRIDGE_METRICS_ADDR        default 0.0.0.0:9464
+      Listener for /metrics, /healthz, /readyz.
+  BRIDGE_SHUTDOWN_GRACE_MS   default 30000
+      How long in-flight messages may finish after SIGTERM/SIGINT.
+  BRIDGE_LOG_FORMAT          default text
+      text or json (log lines on stderr; text has no colour unless stderr is a
+      terminal).
+  RUST_LOG                   default info
+      Log level and filter.
+
+OpenTelemetry (standard variables):
+  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT   default unset
+      When set, a span per message and per API attempt is exported over
+      OTLP/HTTP; an unreachable collector costs spans, never messages.
+  OTEL_SERVICE_NAME and the other OTEL_* variables apply as usual.
+
+A missing or bad setting exits 2 with a message naming the variable.";
+
+/// How a command prints its result on stdout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Lines for people
+    #[default]
+    Text,
+    /// One JSON object (shapes in docs/cli.md)
+    Json,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,7 +128,9 @@ Example:
   fanout-bridge run
 
 Metrics, /healthz and /readyz are served on BRIDGE_METRICS_ADDR (default 0.0.0.0:9464).
-SIGTERM or Ctrl-C drains in-flight messages for BRIDGE_SHUTDOWN_GRACE_MS, then exits 0.")]
+SIGTERM or Ctrl-C drains in-flight messages for BRIDGE_SHUTDOWN_GRACE_MS, then exits 0.
+Every setting, its default and meaning: `fanout-bridge run --help`.",
+        after_long_help = RUN_LONG_HELP)]
     Run,
 
     /// Publish JSON lines (from FILE, or stdin) to the inbound queue, with confirms
@@ -49,17 +141,25 @@ others are, and the exit code is then 1.
 
 Examples:
   fanout-bridge publish registrations.jsonl
-  echo '{\"user\":\"ada\"}' | fanout-bridge publish")]
+  echo '{\"user\":\"ada\"}' | fanout-bridge publish --format json")]
     Publish {
         /// File of JSON lines; `-` or nothing reads stdin
         file: Option<PathBuf>,
+        /// How to print the result
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
     },
 
     /// Inspect and replay the dead-letter queue (BRIDGE_DLQ)
     #[command(after_help = "\
+Reading the DLQ never costs a message a delivery attempt: each message read
+is copied to the DLQ's tail (confirmed), then the original is removed. A full
+read (stats) keeps the order; peek --limit N moves the first N to the tail.
+
 Examples:
-  fanout-bridge dlq stats
+  fanout-bridge dlq stats --format json
   fanout-bridge dlq peek --limit 5
+  fanout-bridge dlq replay --reason api_failed --dry-run
   fanout-bridge dlq replay --limit 100")]
     Dlq {
         #[command(subcommand)]
@@ -95,6 +195,32 @@ Example:
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
         count: u64,
     },
+
+    /// Print a completion script for SHELL
+    #[command(after_help = "\
+Examples:
+  fanout-bridge completions bash > ~/.local/share/bash-completion/completions/fanout-bridge
+  fanout-bridge completions zsh > \"${fpath[1]}/_fanout-bridge\"
+  fanout-bridge completions fish > ~/.config/fish/completions/fanout-bridge.fish")]
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the man page (roff), or write one page per command into a directory
+    #[command(
+        hide = true,
+        after_help = "\
+Examples:
+  fanout-bridge man > /usr/local/share/man/man1/fanout-bridge.1
+  fanout-bridge man --dir /usr/local/share/man/man1   # also fanout-bridge-run.1, fanout-bridge-dlq-replay.1, …"
+    )]
+    Man {
+        /// Write fanout-bridge.1 and a page per subcommand here instead of printing
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 impl Command {
@@ -104,7 +230,10 @@ impl Command {
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Run | Command::DemoApi { .. } => "info",
-            Command::Publish { .. } | Command::Dlq { .. } => "warn",
+            Command::Publish { .. }
+            | Command::Dlq { .. }
+            | Command::Completions { .. }
+            | Command::Man { .. } => "warn",
             Command::Demo { .. } => "error",
         }
     }
@@ -113,10 +242,27 @@ impl Command {
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// Print the DLQ depth and a count per failure reason
-    #[command(after_help = "Example:\n  fanout-bridge dlq stats")]
-    Stats,
+    #[command(after_help = "\
+Reads every message once (each goes round to the tail: the order is kept).
+Reasons: api_failed, invalid_payload, delivery_limit (the broker dead-lettered
+it past a quorum queue's delivery limit), unknown.
+
+Examples:
+  fanout-bridge dlq stats
+  fanout-bridge dlq stats --format json | jq .depth")]
+    Stats {
+        /// How to print the result
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
     /// Print dead-lettered messages as JSON lines (body and x-bridge-* headers), removing nothing
-    #[command(after_help = "Example:\n  fanout-bridge dlq peek --limit 5 | jq .")]
+    #[command(after_help = "\
+The messages printed move to the DLQ's tail (copied, confirmed, then the
+original removed), so the next peek shows the next ones; a delivery attempt is
+never spent. Peeking at every message leaves the order as it was.
+
+Example:
+  fanout-bridge dlq peek --limit 5 | jq .")]
     Peek {
         /// At most this many messages
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
@@ -127,13 +273,27 @@ pub enum DlqCommand {
 Each message keeps x-bridge-done-targets, so an API that already accepted it is
 not called again. Fix the cause first (e.g. the API is back), then replay.
 
+With --reason, the other messages stay in the DLQ in their order; so does
+everything with --dry-run, which moves nothing and spends no delivery attempt.
+
 Examples:
   fanout-bridge dlq replay --limit 100
-  fanout-bridge dlq replay            # everything that was in the DLQ when it started")]
+  fanout-bridge dlq replay            # everything that was in the DLQ when it started
+  fanout-bridge dlq replay --reason delivery_limit --dry-run
+  fanout-bridge dlq replay --reason api_failed --format json")]
     Replay {
         /// At most this many messages (default: the DLQ depth at start)
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
+        /// Only messages with this reason (api_failed, invalid_payload, delivery_limit, unknown)
+        #[arg(long, value_name = "R")]
+        reason: Option<String>,
+        /// Print what would move; move nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// How to print the result
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
     },
 }
 

@@ -1,6 +1,8 @@
 //! Log lines on stderr, as text or JSON, filtered by `RUST_LOG` (default
 //! chosen by the command: `info` for the worker, quieter for the tools).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
@@ -9,7 +11,13 @@ use crate::config::LogFormat;
 /// filter used when `RUST_LOG` is not set.
 pub fn init(format: LogFormat, default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
@@ -18,4 +26,24 @@ pub fn init(format: LogFormat, default: &str) {
             .with_current_span(true)
             .try_init(),
     };
+}
+
+/// Colour only for a person at a terminal: escape codes in a file, a pipe or
+/// a log collector are noise. `NO_COLOR` (any non-empty value) turns it off
+/// there too (no-color.org).
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_at_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
+    }
 }

@@ -1,17 +1,21 @@
 //! The subcommands. Each returns the process exit code, or an error that
 //! `main` maps to one (2 for configuration, 1 otherwise).
 
+pub mod broker_session;
 pub mod demo;
 pub mod demo_api;
 pub mod dlq;
 pub mod publish;
 pub mod run;
 
-use std::process::ExitCode;
+use std::{io::Write, process::ExitCode};
+
+use anyhow::Context;
+use clap::CommandFactory;
 
 use crate::{
     broker::BrokerError,
-    cli::{Command, DlqCommand},
+    cli::{Cli, Command, DlqCommand},
     config::{ConfigError, RawConfig},
 };
 
@@ -22,14 +26,46 @@ use crate::{
 pub async fn dispatch(command: Command, raw: RawConfig) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run => run::run(&raw).await,
-        Command::Publish { file } => publish::run(&raw.broker_config()?, file.as_deref()).await,
+        Command::Publish { file, format } => {
+            publish::run(&raw.broker_config()?, file.as_deref(), format).await
+        }
         Command::Dlq { action } => {
             let broker = raw.broker_config()?;
             match action {
-                DlqCommand::Stats => dlq::stats(&broker).await,
+                DlqCommand::Stats { format } => dlq::stats(&broker, format).await,
                 DlqCommand::Peek { limit } => dlq::peek(&broker, limit).await,
-                DlqCommand::Replay { limit } => dlq::replay(&broker, limit).await,
+                DlqCommand::Replay {
+                    limit,
+                    reason,
+                    dry_run,
+                    format,
+                } => {
+                    let request = dlq::ReplayRequest {
+                        limit,
+                        reason,
+                        dry_run,
+                    };
+                    dlq::replay(&broker, &request, format).await
+                }
             }
+        }
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(shell, &mut Cli::command(), "fanout-bridge", &mut out);
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: None } => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .with_context(|| format!("writing man pages to {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::DemoApi {
             listen,

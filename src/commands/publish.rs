@@ -9,15 +9,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lapin::{types::ShortString, BasicProperties};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
+use serde::Serialize;
+
+use super::broker_session::Session;
 use crate::{
-    broker::{self, fields::PERSISTENT, publisher::Publisher, topology},
+    broker::{fields::PERSISTENT, topology},
+    cli::OutputFormat,
     config::BrokerConfig,
     domain::message::validate_json,
 };
 
 /// Publishes outstanding at once before waiting for confirms.
 const WINDOW: usize = 1024;
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Told of each line that is not JSON: (line number, why).
 pub type OnRejected<'a> = &'a mut dyn FnMut(u64, &str);
@@ -31,9 +34,29 @@ pub struct Summary {
     pub rejected: u64,
 }
 
+/// A line that was not sent (the JSON shape of `--format json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejected {
+    pub line: u64,
+    pub error: String,
+}
+
+/// What `publish --format json` prints.
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    pub queue: &'a str,
+    pub confirmed: u64,
+    pub unconfirmed: u64,
+    pub rejected: Vec<Rejected>,
+}
+
 /// # Errors
 /// When the input cannot be read or the broker cannot be reached.
-pub async fn run(broker: &BrokerConfig, file: Option<&Path>) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    broker: &BrokerConfig,
+    file: Option<&Path>,
+    format: OutputFormat,
+) -> anyhow::Result<ExitCode> {
     let input: Box<dyn AsyncBufRead + Unpin + Send> = match file {
         Some(path) if path != Path::new("-") => Box::new(BufReader::new(
             tokio::fs::File::open(path)
@@ -42,9 +65,27 @@ pub async fn run(broker: &BrokerConfig, file: Option<&Path>) -> anyhow::Result<E
         )),
         _ => Box::new(BufReader::new(tokio::io::stdin())),
     };
-    let mut report = |line: u64, why: &str| eprintln!("line {line}: {why}; not sent");
+    let mut rejected = Vec::new();
+    let mut report = |line: u64, why: &str| {
+        eprintln!("line {line}: {why}; not sent");
+        rejected.push(Rejected {
+            line,
+            error: why.to_owned(),
+        });
+    };
     let summary = publish_lines(broker, input, Some(&mut report)).await?;
-    println!("{} messages confirmed", summary.confirmed);
+    match format {
+        OutputFormat::Json => {
+            let report = Report {
+                queue: &broker.queue,
+                confirmed: summary.confirmed,
+                unconfirmed: summary.unconfirmed,
+                rejected,
+            };
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        OutputFormat::Text => println!("{} messages confirmed", summary.confirmed),
+    }
     if summary.unconfirmed > 0 {
         eprintln!(
             "{} messages were not confirmed by the broker",
@@ -73,11 +114,10 @@ pub async fn publish_lines(
     mut input: impl AsyncBufRead + Unpin,
     mut on_rejected: Option<OnRejected<'_>>,
 ) -> anyhow::Result<Summary> {
-    let conn = broker::connect(broker, "publish").await?;
+    let session = Session::open(broker, "publish").await?;
     let result = async {
-        let channel = conn.create_channel().await.context("opening a channel")?;
-        topology::declare_all(&channel, broker).await?;
-        let publisher = Publisher::open(&conn, CONFIRM_TIMEOUT).await?;
+        let (channel, publisher) = (&session.channel, &session.publisher);
+        topology::declare_all(channel, broker).await?;
         let progress = ProgressBar::new_spinner().with_style(
             ProgressStyle::with_template("{spinner} {pos} published ({per_sec})")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -133,12 +173,10 @@ pub async fn publish_lines(
             settle(r, &mut summary);
         }
         progress.finish_and_clear();
-        broker::close_channel(publisher.channel()).await;
-        broker::close_channel(&channel).await;
         Ok(summary)
     }
     .await;
-    broker::close(&conn).await;
+    session.close().await;
     result
 }
 

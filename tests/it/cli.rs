@@ -178,6 +178,17 @@ async fn dlq_stats_peek_and_replay_without_calling_the_done_api_again() {
     );
     assert_eq!(lines[0]["headers"]["x-bridge-attempts"], 3);
     assert_eq!(broker.depth(&broker.dlq).await, 4, "peek removes nothing");
+    // What peek read went to the tail: the next peek shows the other two, and
+    // the two together went all the way round, so the order is the old one.
+    let (code, stdout, _) = run_bin(&["dlq", "peek", "--limit", "2"], &v, b"").await;
+    assert_eq!(code, 0);
+    let next: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(next.len(), 2);
+    assert_eq!(next[1]["body"], "oops", "{stdout}");
+    assert_eq!(next[1]["reason"], "invalid_payload");
 
     // The logging API recovers; replay moves three messages back.
     log.always(Reply::ok());

@@ -5,7 +5,9 @@
 mod helpers;
 
 mod cli;
+mod cli_scripts;
 mod dead_letter;
+mod dlq_quorum;
 mod fanout;
 mod faults;
 mod hold;

@@ -1,0 +1,79 @@
+//! One way for the short-lived commands (`publish`, `dlq …`) to talk to the
+//! broker: a connection named after the command, one channel for gets, acks
+//! and declares, and a confirm-mode publisher on the same connection, all
+//! closed in order when the command is done.
+//!
+//! Unlike the worker, a command may publish and ack on one connection: it
+//! never competes with a consumer's acks, and a broker blocking publishers
+//! simply makes the command wait (each confirm has [`CONFIRM_TIMEOUT`]).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use lapin::{Channel, Connection};
+
+use crate::{
+    broker::{self, publisher::Publisher},
+    config::BrokerConfig,
+};
+
+/// How long a command waits for one publish to be confirmed before it counts
+/// as not stored (the original then stays where it was).
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An open connection with a working channel and a confirming publisher.
+pub struct Session {
+    conn: Connection,
+    /// For gets, acks, nacks and queue declares.
+    pub channel: Channel,
+    /// Confirm mode, `mandatory` publishes through the default exchange.
+    pub publisher: Publisher,
+}
+
+impl Session {
+    /// Connects (through [`broker::connect`], which knows the URL list, TLS
+    /// and timeouts) and opens both channels.
+    ///
+    /// # Errors
+    /// When the broker cannot be reached or refuses a channel.
+    pub async fn open(broker_cfg: &BrokerConfig, role: &str) -> anyhow::Result<Session> {
+        let conn = broker::connect(broker_cfg, role).await?;
+        let channels = async {
+            let channel = conn.create_channel().await.context("opening a channel")?;
+            let publisher = Publisher::open(&conn, CONFIRM_TIMEOUT).await?;
+            anyhow::Ok((channel, publisher))
+        }
+        .await;
+        match channels {
+            Ok((channel, publisher)) => Ok(Session {
+                conn,
+                channel,
+                publisher,
+            }),
+            Err(e) => {
+                broker::close(&conn).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A channel of its own for a call that may make the broker close it
+    /// (a passive declare of a missing queue), sparing [`Session::channel`].
+    ///
+    /// # Errors
+    /// When the broker refuses a channel.
+    pub async fn scratch_channel(&self) -> anyhow::Result<Channel> {
+        self.conn
+            .create_channel()
+            .await
+            .context("opening a channel")
+    }
+
+    /// Closes the channels, then the connection. Unacked gets still held on
+    /// the channel go back to their queue.
+    pub async fn close(self) {
+        broker::close_channel(self.publisher.channel()).await;
+        broker::close_channel(&self.channel).await;
+        broker::close(&self.conn).await;
+    }
+}
