@@ -16,6 +16,7 @@
 //!   [`metrics`] holds the Prometheus handles.
 //! - [`cli`] and [`commands`]: the subcommands of the binary.
 //! - [`shutdown`], [`telemetry`]: signals and logging.
+//! - [`tls`]: extra CAs and the client certificate (mutual TLS).
 
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms, clippy::unwrap_in_result)]
@@ -31,4 +32,5 @@ pub mod metrics;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;

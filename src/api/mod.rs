@@ -128,8 +128,10 @@ impl ApiClient {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .connect_timeout(cfg.http_timeout)
             .tcp_nodelay(true)
-            .user_agent(concat!("fanout-bridge/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("fanout-bridge/", env!("CARGO_PKG_VERSION")));
+        // TLS: the platform's roots, plus BRIDGE_CA_FILE and the client
+        // certificate (src/tls.rs).
+        let client = cfg.broker.tls.apply(client)?.build()?;
         let endpoint = |api: &ApiConfig, name: &str| -> anyhow::Result<Endpoint> {
             let authorization = match &api.token {
                 None => None,
