@@ -10,6 +10,7 @@ mod fanout;
 mod faults;
 mod hold;
 mod observability;
+mod otel;
 mod process;
 mod rate_limit;
 mod replay;
