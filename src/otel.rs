@@ -41,7 +41,11 @@ use prometheus::IntCounter;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{filter::filter_fn, registry::Registry, Layer};
+use tracing_subscriber::{
+    filter::{filter_fn, LevelFilter},
+    registry::Registry,
+    Layer,
+};
 
 const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
@@ -86,13 +90,34 @@ pub fn layer() -> Result<Option<OtelLayer>, String> {
         (None, Some(e)) => (ENDPOINT, e),
         (None, None) => return Ok(None),
     };
-    if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+    if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim() == "none")
+    {
         return Ok(None);
     }
-    match url::Url::parse(endpoint.1.trim()) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-        _ => return Err(format!("{}: not an http(s) URL", endpoint.0)),
+    if let Some(v) = var("OTEL_TRACES_EXPORTER").filter(|v| v.trim() != "otlp") {
+        return Err(format!(
+            "OTEL_TRACES_EXPORTER={v:?}: only otlp (or none) is supported"
+        ));
     }
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(v) = var(name).filter(|v| v.trim() != "http/protobuf") {
+            return Err(format!("{name}={v:?}: only http/protobuf is supported"));
+        }
+    }
+    // The value is not shown: it may carry credentials.
+    let url = match url::Url::parse(endpoint.1.trim()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
+        _ => return Err(format!("{}: not an http(s) URL", endpoint.0)),
+    };
+    let secrets: Vec<String> = [url.password().unwrap_or_default(), url.username()]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
     let max_queue = match var(MAX_QUEUE_SIZE) {
         None => DEFAULT_MAX_QUEUE_SIZE,
         Some(v) => match v.trim().parse::<usize>() {
@@ -111,6 +136,7 @@ pub fn layer() -> Result<Option<OtelLayer>, String> {
         inner: exporter,
         pending: Arc::clone(&pending),
         last_warning: std::sync::Mutex::default(),
+        secrets,
     })
     // OTEL_BSP_* are read by the default; the queue size is the one we bound.
     .with_batch_config(
@@ -134,9 +160,10 @@ pub fn layer() -> Result<Option<OtelLayer>, String> {
     // RUST_LOG says: RUST_LOG filters the log lines only.
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_filter(filter_fn(|meta| {
-            meta.is_span() && meta.target().starts_with("fanout_bridge")
-        }));
+        .with_filter(
+            filter_fn(|meta| meta.is_span() && meta.target().starts_with("fanout_bridge"))
+                .with_max_level_hint(LevelFilter::INFO),
+        );
     Ok(Some(Box::new(layer)))
 }
 
@@ -212,6 +239,8 @@ struct CountingExporter<E> {
     inner: E,
     pending: Arc<AtomicUsize>,
     last_warning: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The endpoint's user and password, kept out of the log line.
+    secrets: Vec<String>,
 }
 
 impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
@@ -227,7 +256,11 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
             let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
                 *last = Some(now);
-                tracing::warn!(error = %e, dropped = n, "OpenTelemetry export failed; spans dropped (bridge_otel_spans_dropped_total)");
+                let mut error = e.to_string();
+                for secret in &self.secrets {
+                    error = error.replace(secret.as_str(), "[redacted]");
+                }
+                tracing::warn!(%error, dropped = n, "OpenTelemetry export failed; spans dropped (bridge_otel_spans_dropped_total)");
             }
         }
         result

@@ -292,4 +292,13 @@ async fn a_bad_otlp_endpoint_is_exit_2_naming_it() {
     let (code, _, err) = run_bin(&["run"], &vars, b"").await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{err}");
+    assert!(!err.contains("not a url"), "the value is not echoed: {err}");
+
+    // gRPC is not spoken: refused rather than silently sent to the wrong port.
+    let mut vars = vars.to_vec();
+    vars[2].1 = "http://127.0.0.1:4317".into();
+    vars.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()));
+    let (code, _, err) = run_bin(&["run"], &vars, b"").await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{err}");
 }

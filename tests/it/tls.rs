@@ -582,3 +582,34 @@ async fn bad_tls_files_exit_2_naming_the_variable() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("BRIDGE_CA_FILE"), "{err}");
 }
+
+// === The platform's roots are the base ===
+
+/// A CA installed on the host is trusted with no setting: the worker (as a
+/// process) gets its roots from the platform store (rustls-native-certs,
+/// which `SSL_CERT_FILE` points elsewhere), for the APIs and for amqps://.
+#[tokio::test]
+async fn a_ca_in_the_platform_store_is_trusted_without_ca_file() {
+    let pki = Pki::new("platform");
+    let broker = Broker::new("tls.platform").await;
+    broker.declare().await;
+    let apis = https_apis(&pki, false).await;
+    let terminator = Terminator::start(broker_addr(), pki.server_config(false)).await;
+    let mut settings = apis.settings.clone();
+    settings.push(("BRIDGE_AMQP_URL".into(), amqps_url(&terminator)));
+    settings.push(("SSL_CERT_FILE".into(), pki.path("ca.pem")));
+    let worker = Process::start(&broker, settings).await;
+    broker
+        .publish(br#"{"platform":1}"#, message("platform-1"))
+        .await;
+    wait_until("the message is acked", Duration::from_secs(20), || async {
+        worker
+            .metric("bridge_messages_total{outcome=\"acked\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    assert_eq!(apis.user.count(), 1);
+    assert_eq!(apis.log.count(), 1);
+    assert!(terminator.handshakes.load(Ordering::SeqCst) >= 1);
+}
