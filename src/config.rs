@@ -617,4 +617,19 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("BRIDGE_QUEUE_TYPE"));
     }
+
+    #[test]
+    fn tls_files_are_checked_for_every_command() {
+        let mut pairs = URLS.to_vec();
+        pairs.push(("BRIDGE_CA_FILE", "/nonexistent/ca.pem"));
+        pairs.push(("BRIDGE_TLS_KEY_FILE", "/nonexistent/client.key"));
+        let e = raw(&pairs).worker_config().unwrap_err().to_string();
+        assert!(
+            e.contains("BRIDGE_CA_FILE") && e.contains("BRIDGE_TLS_CERT_FILE"),
+            "{e}"
+        );
+        let e = raw(&pairs[2..]).broker_config().unwrap_err().to_string();
+        assert!(e.contains("BRIDGE_CA_FILE"), "{e}");
+        assert!(raw(&URLS).worker_config().unwrap().broker.tls.is_default());
+    }
 }
