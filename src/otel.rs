@@ -387,3 +387,85 @@ pub fn record_error(span: &Span, kind: &'static str, description: &str) {
     span.record("error.type", kind);
     span.set_status(Status::error(description.to_owned()));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Condvar, Mutex},
+        time::Instant,
+    };
+
+    use opentelemetry::trace::{Span as _, Tracer as _};
+
+    use super::*;
+
+    #[test]
+    fn off_costs_nothing_and_passes_traceparent_through() {
+        assert!(!enabled());
+        let url = reqwest::Url::parse("http://u:p@127.0.0.1:1/x").unwrap();
+        let span = attempt_span("logging", &url, 1);
+        assert!(span.is_disabled());
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_static("00-a-b-01"));
+        inject(&span, &mut headers);
+        assert_eq!(headers["traceparent"], "00-a-b-01");
+    }
+
+    /// An exporter stuck until the gate opens: a collector that hangs.
+    #[derive(Debug, Clone)]
+    struct Stuck(Arc<(Mutex<bool>, Condvar)>);
+
+    impl SpanExporter for Stuck {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            let (open, cv) = &*self.0;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_hanging_collector_never_blocks_and_every_drop_is_counted() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let pending = Arc::new(AtomicUsize::new(0));
+        let batch = BatchSpanProcessor::builder(CountingExporter {
+            inner: Stuck(Arc::clone(&gate)),
+            pending: Arc::clone(&pending),
+            last_warning: Mutex::default(),
+            secrets: Vec::new(),
+        })
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_max_queue_size(8)
+                .with_max_export_batch_size(2)
+                .with_scheduled_delay(Duration::from_millis(5))
+                .build(),
+        )
+        .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(BoundedProcessor {
+                inner: batch,
+                pending,
+                max_queue: 8,
+            })
+            .build();
+        let tracer = provider.tracer("test");
+        let before = SPANS_DROPPED.get();
+        let started = Instant::now();
+        for _ in 0..200 {
+            tracer.start("span").end();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never blocks");
+        let dropped = SPANS_DROPPED.get() - before;
+        // At most the queue (8) and the batch stuck in the exporter (2) are
+        // held; everything else is dropped and counted.
+        assert!((190..=200).contains(&dropped), "dropped {dropped}");
+        let (open, cv) = &*gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+        let _ = provider.shutdown();
+    }
+}
