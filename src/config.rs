@@ -48,6 +48,10 @@ pub struct RawConfig {
     metrics_addr: Option<String>,
     shutdown_grace_ms: Option<String>,
     log_format: Option<String>,
+    // TLS (src/tls.rs): BRIDGE_CA_FILE, BRIDGE_TLS_CERT_FILE, BRIDGE_TLS_KEY_FILE.
+    ca_file: Option<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
 }
 
 impl RawConfig {
@@ -140,6 +144,9 @@ pub struct BrokerConfig {
     pub queue: String,
     pub dlq: String,
     pub queue_type: QueueType,
+    /// Extra CAs and the client certificate, for `amqps://` and (in `run`)
+    /// the HTTPS APIs.
+    pub tls: crate::tls::TlsSettings,
 }
 
 /// An AMQP URI whose `Debug` hides the credentials.
@@ -335,12 +342,26 @@ impl RawConfig {
             QueueType::Classic,
             one_of(QUEUE_TYPES),
         ));
+        let tls = self.tls(p);
         Some(BrokerConfig {
             uri: uri?,
             queue: queue?,
             dlq: dlq?,
             queue_type: queue_type?,
+            tls: tls?,
         })
+    }
+
+    /// `BRIDGE_CA_FILE`, `BRIDGE_TLS_CERT_FILE`, `BRIDGE_TLS_KEY_FILE`: the
+    /// files are read and checked here, before anything connects.
+    fn tls(&self, p: &mut Problems) -> Option<crate::tls::TlsSettings> {
+        crate::tls::load(
+            present(&self.ca_file),
+            present(&self.tls_cert_file),
+            present(&self.tls_key_file),
+        )
+        .map_err(|problems| p.0.extend(problems))
+        .ok()
     }
 
     /// The settings of `publish` and `dlq`: only the broker variables are read.
@@ -595,5 +616,20 @@ mod tests {
             .broker_config()
             .unwrap_err();
         assert!(e.to_string().contains("BRIDGE_QUEUE_TYPE"));
+    }
+
+    #[test]
+    fn tls_files_are_checked_for_every_command() {
+        let mut pairs = URLS.to_vec();
+        pairs.push(("BRIDGE_CA_FILE", "/nonexistent/ca.pem"));
+        pairs.push(("BRIDGE_TLS_KEY_FILE", "/nonexistent/client.key"));
+        let e = raw(&pairs).worker_config().unwrap_err().to_string();
+        assert!(
+            e.contains("BRIDGE_CA_FILE") && e.contains("BRIDGE_TLS_CERT_FILE"),
+            "{e}"
+        );
+        let e = raw(&pairs[2..]).broker_config().unwrap_err().to_string();
+        assert!(e.contains("BRIDGE_CA_FILE"), "{e}");
+        assert!(raw(&URLS).worker_config().unwrap().broker.tls.is_default());
     }
 }

@@ -16,6 +16,8 @@
 //!   [`metrics`] holds the Prometheus handles.
 //! - [`cli`] and [`commands`]: the subcommands of the binary.
 //! - [`shutdown`], [`telemetry`]: signals and logging.
+//! - [`otel`]: OpenTelemetry traces over OTLP/HTTP, when configured.
+//! - [`tls`]: extra CAs and the client certificate (mutual TLS).
 
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms, clippy::unwrap_in_result)]
@@ -29,6 +31,8 @@ pub mod config;
 pub mod domain;
 pub mod metrics;
 pub mod ops;
+pub mod otel;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;

@@ -147,6 +147,8 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(broker_connected.clone()),
             Box::new(dlq_depth.clone()),
+            // Process-wide (src/otel.rs); 0 while OpenTelemetry is off.
+            Box::new(crate::otel::SPANS_DROPPED.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }

@@ -1,31 +1,39 @@
 //! Log lines on stderr, as text or JSON, filtered by `RUST_LOG` (default
-//! chosen by the command: `info` for the worker, quieter for the tools).
+//! chosen by the command: `info` for the worker, quieter for the tools); and,
+//! when configured, the OpenTelemetry layer ([`crate::otel`]).
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
 /// Installs the global subscriber; a second call is a no-op. `default` is the
 /// filter used when `RUST_LOG` is not set.
 pub fn init(format: LogFormat, default: &str) {
+    init_with(format, default, None);
+}
+
+/// [`init`], plus an extra layer (OpenTelemetry). `RUST_LOG` filters the log
+/// lines only; the extra layer has its own filter.
+pub fn init_with(format: LogFormat, default: &str, extra: Option<crate::otel::OtelLayer>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour(
-            std::io::stderr().is_terminal(),
-            std::env::var_os("NO_COLOR"),
-        ));
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
+    let lines = fmt::layer().with_writer(std::io::stderr).with_ansi(colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    ));
+    let lines: crate::otel::OtelLayer = match format {
+        LogFormat::Text => Box::new(lines.with_filter(filter)),
+        LogFormat::Json => Box::new(
+            lines
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_filter(filter),
+        ),
     };
+    let layers: Vec<crate::otel::OtelLayer> = std::iter::once(lines).chain(extra).collect();
+    let _ = tracing_subscriber::registry().with(layers).try_init();
 }
 
 /// Colour only for a person at a terminal: escape codes in a file, a pipe or

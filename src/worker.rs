@@ -82,6 +82,13 @@ impl Worker {
         } = delivery;
         let (msg, unknown) = fields::inbound_message(&properties, Bytes::from(data));
         let span = tracing::info_span!("message", message_id = %msg.message_id);
+        // OpenTelemetry: child of the message's traceparent (no-op when off).
+        crate::otel::message_span(
+            &span,
+            msg.traceparent.as_deref(),
+            msg.tracestate.as_deref(),
+            &self.queue,
+        );
         async move {
             if !unknown.is_empty() {
                 warn!(?unknown, "ignoring unknown names in x-bridge-done-targets");

@@ -128,8 +128,10 @@ impl ApiClient {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .connect_timeout(cfg.http_timeout)
             .tcp_nodelay(true)
-            .user_agent(concat!("fanout-bridge/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("fanout-bridge/", env!("CARGO_PKG_VERSION")));
+        // TLS: the platform's roots, plus BRIDGE_CA_FILE and the client
+        // certificate (src/tls.rs).
+        let client = cfg.broker.tls.apply(client)?.build()?;
         let endpoint = |api: &ApiConfig, name: &str| -> anyhow::Result<Endpoint> {
             let authorization = match &api.token {
                 None => None,
@@ -174,7 +176,10 @@ impl ApiClient {
                 limiter.acquire().await;
             }
             let attempt_started = Instant::now();
-            let result = self.attempt(endpoint, &requests.headers, body).await;
+            // OpenTelemetry: a span per attempt (disabled when off).
+            let span = crate::otel::attempt_span(target.as_str(), &endpoint.url, attempt);
+            let result = self.attempt(endpoint, &requests.headers, body, &span).await;
+            drop(span);
             let took = attempt_started.elapsed();
             let (kind, error, retry_after) = match result {
                 Ok(()) => {
@@ -213,21 +218,28 @@ impl ApiClient {
         endpoint: &Endpoint,
         headers: &HeaderMap,
         body: &Bytes,
+        span: &tracing::Span,
     ) -> Result<(), (FailureKind, String, Option<Duration>)> {
+        let mut headers = headers.clone();
+        // With OpenTelemetry on, the API gets the attempt's span as its parent
+        // instead of the message's traceparent.
+        crate::otel::inject(span, &mut headers);
         let mut request = self
             .client
             .post(endpoint.url.clone())
-            .headers(headers.clone())
+            .headers(headers)
             .body(body.clone())
             .timeout(self.timeout);
         if let Some(auth) = &endpoint.authorization {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| (FailureKind::Transient, describe(&e, self.timeout), None))?;
+        let response = request.send().await.map_err(|e| {
+            let description = describe(&e, self.timeout);
+            crate::otel::record_error(span, error_type(&e), &description);
+            (FailureKind::Transient, description, None)
+        })?;
         let status = response.status().as_u16();
+        crate::otel::record_status(span, status);
         let retry_after = if classify::honours_retry_after(status) {
             response
                 .headers()
@@ -244,6 +256,17 @@ impl ApiClient {
             None => Ok(()),
             Some(kind) => Err((kind, format!("HTTP {status}"), retry_after)),
         }
+    }
+}
+
+/// The `error.type` of a transport error, for the attempt's span.
+fn error_type(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "request"
     }
 }
 

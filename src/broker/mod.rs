@@ -72,13 +72,16 @@ pub fn is_not_found(e: &lapin::Error) -> bool {
 pub async fn connect(cfg: &BrokerConfig, role: &str) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default()
         .with_connection_name(format!("fanout-bridge {role} (pid {})", std::process::id()).into());
-    tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        Connection::connect_uri(cfg.uri.0.clone(), props),
-    )
-    .await
-    .map_err(|_| BrokerError::Timeout("connecting to the broker"))?
-    .map_err(BrokerError::amqp("connecting to the broker"))
+    // TLS: extra CAs and the client certificate (src/tls.rs); ignored by
+    // lapin for `amqp://`.
+    let runtime =
+        lapin::runtime::default_runtime().map_err(BrokerError::amqp("connecting to the broker"))?;
+    let connect =
+        Connection::connect_uri_with_config(cfg.uri.0.clone(), props, cfg.tls.amqp(), runtime);
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| BrokerError::Timeout("connecting to the broker"))?
+        .map_err(BrokerError::amqp("connecting to the broker"))
 }
 
 /// Closes a channel before its connection: a channel dropped while its
