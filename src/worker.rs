@@ -102,10 +102,14 @@ impl Worker {
                 message_id = %msg.message_id,
                 outcome = outcome.as_str(),
                 reason,
-                latency_ms = %Latencies {
+                // A string, so text logs quote it; built only when the line
+                // is written (the macro checks the level first).
+                latency_ms = Latencies {
                     endpoints: self.api.endpoints(),
                     calls: &calls,
-                },
+                }
+                .to_string()
+                .as_str(),
                 total_ms = millis(started.elapsed()),
                 redelivered,
                 "message settled"
@@ -219,7 +223,7 @@ impl Worker {
 
 /// The per-target latencies of the log line, as one value
 /// (`user-management=12.3 logging=done`): target names belong in values, not
-/// in field names. Formatted only when the line is written.
+/// in field names.
 struct Latencies<'a> {
     endpoints: &'a [Endpoint],
     calls: &'a [Option<CallReport>],
