@@ -9,6 +9,7 @@ mod dead_letter;
 mod fanout;
 mod faults;
 mod hold;
+mod http;
 mod observability;
 mod process;
 mod rate_limit;
