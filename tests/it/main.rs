@@ -15,4 +15,5 @@ mod process;
 mod rate_limit;
 mod replay;
 mod retry;
+mod settings;
 mod targets;
