@@ -89,11 +89,18 @@ impl DeadLetter {
 /// message's record, so the done list is the union of the old one and what
 /// succeeded now); `hold_on_outage` is `BRIDGE_OUTAGE_POLICY=hold`. A permanent
 /// failure of any target always dead-letters.
-pub fn decide<'a>(
-    prior_done: &TargetSet,
-    outcomes: impl IntoIterator<Item = (&'a TargetName, &'a CallOutcome)>,
-    hold_on_outage: bool,
-) -> Disposition {
+pub fn decide<'a, I>(prior_done: &TargetSet, outcomes: I, hold_on_outage: bool) -> Disposition
+where
+    I: IntoIterator<Item = (&'a TargetName, &'a CallOutcome)> + Clone,
+{
+    // The common case allocates nothing.
+    let any_failed = outcomes
+        .clone()
+        .into_iter()
+        .any(|(_, o)| matches!(o, CallOutcome::Failed(_)));
+    if !any_failed {
+        return Disposition::Ack;
+    }
     let mut done = TargetSet::empty();
     let mut failed = TargetSet::empty();
     let mut errors = Vec::new();
@@ -111,9 +118,7 @@ pub fn decide<'a>(
         }
     }
     let done = done.union(prior_done);
-    if failed.is_empty() {
-        Disposition::Ack
-    } else if hold_on_outage && !any_permanent {
+    if hold_on_outage && !any_permanent {
         Disposition::Hold { done }
     } else {
         Disposition::DeadLetter(DeadLetter {
