@@ -771,6 +771,17 @@ mod tests {
     }
 
     #[test]
+    fn a_token_and_url_credentials_are_one_too_many() {
+        let e = problems(&[
+            ("BRIDGE_USER_API_URL", "http://u:hunter2@h/x"),
+            ("BRIDGE_USER_API_TOKEN", "tok-secret"),
+            URLS[1],
+        ]);
+        assert!(e.contains("BRIDGE_USER_API_TOKEN") && e.contains("BRIDGE_USER_API_URL"));
+        assert!(!e.contains("hunter2") && !e.contains("tok-secret"), "{e}");
+    }
+
+    #[test]
     fn the_dlq_must_differ_from_the_queue() {
         let mut pairs = URLS.to_vec();
         pairs.extend([("BRIDGE_QUEUE", "q"), ("BRIDGE_DLQ", "q")]);

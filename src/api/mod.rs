@@ -173,23 +173,35 @@ impl Requests {
 /// A target whose settings cannot make a request (the configuration checks
 /// these first, so this is a second line of defence).
 #[derive(Debug, thiserror::Error)]
-#[error("the token of target {0:?} is not a valid header value")]
-pub struct BadToken(String);
+#[error("target {0:?} cannot make a request: its URL or token is not valid")]
+pub struct BadTarget(String);
 
 impl Endpoint {
-    fn new(target: &TargetConfig, metrics: &Metrics) -> Result<Endpoint, BadToken> {
+    fn new(
+        target: &TargetConfig,
+        client: &reqwest::Client,
+        metrics: &Metrics,
+    ) -> Result<Endpoint, BadTarget> {
+        let bad = || BadTarget(target.name.to_string());
+        // reqwest moves URL credentials into a basic-auth header on every
+        // request; doing it once here leaves each attempt a clean URL and a
+        // ready header.
+        let prepared = client.post(target.url.clone()).build().map_err(|_| bad())?;
         let authorization = match &target.token {
-            None => None,
             Some(t) => {
-                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
-                    .map_err(|_| BadToken(target.name.to_string()))?;
+                let mut v =
+                    HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(|_| bad())?;
                 v.set_sensitive(true);
                 Some(v)
             }
+            None => prepared.headers().get(AUTHORIZATION).cloned().map(|mut v| {
+                v.set_sensitive(true);
+                v
+            }),
         };
         Ok(Endpoint {
             name: target.name.clone(),
-            url: target.url.clone(),
+            url: prepared.url().clone(),
             authorization,
             body: target.body,
             limiter: target.rate_limit.map(RateLimiter::per_second),
@@ -225,7 +237,7 @@ impl ApiClient {
         let endpoints = cfg
             .targets
             .iter()
-            .map(|t| Endpoint::new(t, metrics))
+            .map(|t| Endpoint::new(t, &client, metrics))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ApiClient {
             client,
@@ -491,5 +503,10 @@ mod tests {
         assert!(f.last_error.starts_with("connection failed"), "{f:?}");
         assert!(!format!("{f:?} {api:?}").contains("hunter2"), "{f:?}");
         assert_eq!(scrub("a hunter2 b".into(), &cfg.targets[0].url), "a *** b");
+        let endpoint = &api.endpoints()[0];
+        assert_eq!(endpoint.url.as_str(), "http://127.0.0.1:1/x");
+        let auth = endpoint.authorization.as_ref().unwrap();
+        assert_eq!(auth.to_str().unwrap(), "Basic dXNlcjpodW50ZXIy");
+        assert!(auth.is_sensitive());
     }
 }

@@ -142,6 +142,7 @@ impl RawConfig {
     }
 
     fn target(&self, p: &mut Problems, name: TargetName) -> Option<TargetConfig> {
+        let mut url_variable = String::new();
         let url = match self.setting(p, &name, "URL") {
             Err(Reported) => None,
             Ok(None) => {
@@ -158,12 +159,25 @@ impl RawConfig {
                 None
             }
             Ok(Some(f)) => {
-                p.check(http_url(f.value).map_err(|why| invalid(&f.variable, f.value, &why)))
+                let url = http_url(f.value).map_err(|why| invalid(&f.variable, f.value, &why));
+                url_variable = f.variable;
+                p.check(url)
             }
         };
+        let url_has_credentials = url
+            .as_ref()
+            .is_some_and(|u| !u.username().is_empty() || u.password().is_some());
         let token = match self.setting(p, &name, "TOKEN") {
             Err(Reported) => None,
             Ok(None) => Some(None),
+            // Both would be an Authorization header, and one would be lost.
+            Ok(Some(f)) if url_has_credentials => {
+                p.0.push(format!(
+                    "{} is set and {url_variable} carries credentials (user:password@): use one of them",
+                    f.variable
+                ));
+                None
+            }
             // The value is never echoed: it is the secret.
             Ok(Some(f)) if is_header_safe(f.value) => Some(Some(Secret::new(f.value))),
             Ok(Some(f)) => {

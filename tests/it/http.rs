@@ -211,3 +211,26 @@ async fn an_endless_success_body_still_acks_promptly() {
     assert_eq!(worker.count(Outcome::Acked), 1);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn url_credentials_are_sent_as_basic_auth() {
+    let broker = Broker::new("basicauth").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    let mut settings = fast_settings(&user, &log);
+    settings.retain(|(k, _)| k != "BRIDGE_USER_API_URL");
+    settings.push((
+        "BRIDGE_USER_API_URL".to_owned(),
+        format!("http://user:hunter2@{}/api", user.addr),
+    ));
+    let worker = Worker::start(&broker, settings).await;
+    broker.publish(b"{}", BasicProperties::default()).await;
+    worker.wait_settled(1).await;
+    worker.stop().await;
+    let r = &user.received()[0];
+    assert_eq!(
+        r.header("authorization").as_deref(),
+        Some("Basic dXNlcjpodW50ZXIy")
+    );
+    assert_eq!(r.headers.get_all("authorization").iter().count(), 1);
+    assert_eq!(r.path, "/api");
+}
