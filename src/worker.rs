@@ -133,7 +133,10 @@ impl Worker {
             .iter()
             .filter(|name| !endpoints.iter().any(|e| e.name() == *name))
             .map(|name| name.as_str())
-            .chain(malformed.iter().map(String::as_str))
+            // Malformed items are whatever a publisher wrote: bounded, so a
+            // huge header cannot flood the log.
+            .chain(malformed.iter().map(|s| prefix(s, 64)))
+            .take(16)
             .collect();
         if !unknown.is_empty() {
             warn!(
@@ -247,6 +250,15 @@ impl fmt::Display for Latencies<'_> {
         }
         Ok(())
     }
+}
+
+/// At most the first `max` bytes of `s`, cut at a character boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Milliseconds with one decimal, for log lines.
