@@ -5,6 +5,10 @@
 //! envy found them (every field optional, so envy itself cannot fail with a
 //! message that lacks our prefix), then each setting is parsed by one helper
 //! that names the variable. Every bad variable is reported, not just the first.
+//!
+//! The per-target variables (`BRIDGE_TARGET_<N>_*`) are named by
+//! `BRIDGE_TARGETS`, so they are kept as raw pairs and read in `targets`.
+//! No error message echoes a token or the credentials of a URL.
 
 mod targets;
 
