@@ -5,12 +5,20 @@
 //! envy found them (every field optional, so envy itself cannot fail with a
 //! message that lacks our prefix), then each setting is parsed by one helper
 //! that names the variable. Every bad variable is reported, not just the first.
+//!
+//! The per-target variables (`BRIDGE_TARGET_<N>_*`) are named by
+//! `BRIDGE_TARGETS`, so they are kept as raw pairs and read in `targets`.
+//! No error message echoes a token or the credentials of a URL.
 
-use std::{fmt, net::SocketAddr, num::NonZeroU32, str::FromStr, time::Duration};
+mod targets;
+
+use std::{
+    collections::BTreeMap, fmt, net::SocketAddr, num::NonZeroU32, str::FromStr, time::Duration,
+};
 
 use lapin::uri::AMQPUri;
 use serde::Deserialize;
-use url::Url;
+pub use targets::{redacted_url, TargetConfig, DEFAULT_TARGETS, MAX_RATE_LIMIT};
 
 pub const PREFIX: &str = "BRIDGE_";
 
@@ -26,18 +34,13 @@ pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
 pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 
 /// The environment as strings, before validation.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 pub struct RawConfig {
     amqp_url: Option<String>,
     queue: Option<String>,
     dlq: Option<String>,
     queue_type: Option<String>,
-    user_api_url: Option<String>,
-    log_api_url: Option<String>,
-    user_api_token: Option<String>,
-    log_api_token: Option<String>,
-    user_api_rate_limit: Option<String>,
-    log_api_rate_limit: Option<String>,
+    targets: Option<String>,
     prefetch: Option<String>,
     http_timeout_ms: Option<String>,
     max_attempts: Option<String>,
@@ -52,6 +55,20 @@ pub struct RawConfig {
     ca_file: Option<String>,
     tls_cert_file: Option<String>,
     tls_key_file: Option<String>,
+    /// The per-target variables (`BRIDGE_TARGET_<N>_*`, `BRIDGE_USER_API_*`,
+    /// `BRIDGE_LOG_API_*`) by full name: their names depend on
+    /// `BRIDGE_TARGETS`, so envy cannot map them to fields.
+    #[serde(skip)]
+    target_vars: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for RawConfig {
+    /// Names only: the values hold tokens and URL passwords.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawConfig")
+            .field("target_variables", &self.target_vars.keys())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RawConfig {
@@ -60,12 +77,16 @@ impl RawConfig {
         Self::from_vars(std::env::vars())
     }
 
-    /// The same settings with other API URLs (the `demo` points the worker at
-    /// its stand-ins).
+    /// The same settings with the two default targets at other URLs (the
+    /// `demo` points the worker at its stand-ins); other target settings are
+    /// dropped, since the demo has exactly those two.
     pub fn with_api_urls(&self, user: String, log: String) -> RawConfig {
+        let mut target_vars = BTreeMap::new();
+        target_vars.insert(format!("{PREFIX}USER_API_URL"), user);
+        target_vars.insert(format!("{PREFIX}LOG_API_URL"), log);
         RawConfig {
-            user_api_url: Some(user),
-            log_api_url: Some(log),
+            targets: None,
+            target_vars,
             ..self.clone()
         }
     }
@@ -75,10 +96,16 @@ impl RawConfig {
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Self {
         // A later pair overrides an earlier one, as in a shell; envy would
         // reject the duplicate field instead.
-        let vars: std::collections::BTreeMap<String, String> = vars.into_iter().collect();
+        let vars: BTreeMap<String, String> = vars.into_iter().collect();
+        let target_vars = vars
+            .iter()
+            .filter(|(k, _)| targets::is_target_variable(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         // Every field is an Option<String> and keys are unique, so
         // deserialisation cannot fail.
-        envy::prefixed(PREFIX).from_iter(vars).unwrap_or_default()
+        let raw: RawConfig = envy::prefixed(PREFIX).from_iter(vars).unwrap_or_default();
+        RawConfig { target_vars, ..raw }
     }
 }
 
@@ -170,21 +197,13 @@ impl fmt::Debug for AmqpUri {
     }
 }
 
-/// One downstream API.
-#[derive(Clone, Debug)]
-pub struct ApiConfig {
-    pub url: Url,
-    pub token: Option<Secret>,
-    /// At most this many requests in any one-second window.
-    pub rate_limit: Option<NonZeroU32>,
-}
-
 /// Everything `run` needs.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     pub broker: BrokerConfig,
-    pub user_api: ApiConfig,
-    pub log_api: ApiConfig,
+    /// Every message goes to each of these, in this order (headers and logs
+    /// list targets in it).
+    pub targets: Vec<TargetConfig>,
     pub prefetch: u16,
     pub http_timeout: Duration,
     pub max_attempts: NonZeroU32,
@@ -195,6 +214,17 @@ pub struct WorkerConfig {
     pub metrics_addr: SocketAddr,
     pub shutdown_grace: Duration,
 }
+
+/// The longest `BRIDGE_HTTP_TIMEOUT_MS`: beyond ten minutes an attempt is a
+/// hung connection, not a slow API.
+pub const MAX_HTTP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// The longest first backoff: the wait between attempts is capped at 30 s
+/// anyway, so a larger first one could not be honoured.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest outage pause and shutdown grace: one day. Far beyond any
+/// useful value, and far below what a deadline (`Instant` + duration) can
+/// hold.
+pub const MAX_PAUSE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Collects problems while parsing, so all of them are reported at once.
 #[derive(Default)]
@@ -227,8 +257,46 @@ fn parse_or<T>(
 ) -> Result<T, String> {
     match present(value) {
         None => Ok(default),
-        Some(s) => parse(s).map_err(|why| format!("{PREFIX}{name}={s:?} is not valid: {why}")),
+        Some(s) => parse(s).map_err(|why| invalid(&format!("{PREFIX}{name}"), s, &why)),
     }
+}
+
+/// `VAR="value" is not valid: why`, with any credentials of a URL value
+/// (and their echo in `why`) replaced by `***`.
+fn invalid(variable: &str, value: &str, why: &str) -> String {
+    let mut text = format!("{variable}={value:?} is not valid: {why}");
+    if variable.ends_with("URL") {
+        for secret in url_credentials(value) {
+            let escaped: String = secret.escape_debug().collect();
+            text = text.replace(secret, "***").replace(&escaped, "***");
+        }
+    }
+    text
+}
+
+/// The userinfo parts (`user:password`, and the password alone) of each
+/// comma-separated URL in `value`, found textually so that even a URL the
+/// parser refuses is redacted. Errs towards hiding too much.
+fn url_credentials(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for item in value.split(',') {
+        let rest = match item.find("://") {
+            Some(i) => &item[i + 3..],
+            None => item.split_once(':').map_or(item, |(_, r)| r),
+        };
+        let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+        if let Some((userinfo, _)) = rest.rsplit_once('@') {
+            let userinfo = userinfo.trim_start_matches('/');
+            if let Some((_, password)) = userinfo.split_once(':') {
+                out.push(password);
+            }
+            out.push(userinfo);
+        }
+    }
+    // Longest first, so a password inside the whole userinfo goes with it.
+    out.retain(|s| !s.is_empty());
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out
 }
 
 fn number<T: FromStr>(s: &str) -> Result<T, String>
@@ -238,14 +306,23 @@ where
     s.parse::<T>().map_err(|e| e.to_string())
 }
 
-fn millis(s: &str) -> Result<Duration, String> {
-    number::<u64>(s).map(Duration::from_millis)
-}
-
-fn positive_millis(s: &str) -> Result<Duration, String> {
-    match number::<u64>(s)? {
-        0 => Err("must be at least 1".into()),
-        n => Ok(Duration::from_millis(n)),
+/// A duration in milliseconds within `min..=max`.
+fn millis_within(min: Duration, max: Duration) -> impl Fn(&str) -> Result<Duration, String> {
+    move |s| {
+        let d = Duration::from_millis(number::<u64>(s).map_err(|e| {
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                format!("must be at most {}", max.as_millis())
+            } else {
+                e
+            }
+        })?);
+        if d < min {
+            Err(format!("must be at least {}", min.as_millis()))
+        } else if d > max {
+            Err(format!("must be at most {}", max.as_millis()))
+        } else {
+            Ok(d)
+        }
     }
 }
 
@@ -276,26 +353,6 @@ fn amqp_uri(s: &str) -> Result<AmqpUri, String> {
         uri.query.frame_max = Some(DEFAULT_FRAME_MAX);
     }
     Ok(AmqpUri(uri))
-}
-
-fn http_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s).map_err(|e| e.to_string())?;
-    match url.scheme() {
-        "http" | "https" if url.host().is_some() => Ok(url),
-        "http" | "https" => Err("has no host".into()),
-        other => Err(format!("scheme {other:?} is not http or https")),
-    }
-}
-
-fn required<T>(
-    name: &str,
-    value: &Option<String>,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<T, String> {
-    match present(value) {
-        None => Err(format!("{PREFIX}{name} is required but not set")),
-        Some(s) => parse(s).map_err(|why| format!("{PREFIX}{name}={s:?} is not valid: {why}")),
-    }
 }
 
 fn queue_name(s: &str) -> Result<String, String> {
@@ -343,10 +400,17 @@ impl RawConfig {
             one_of(QUEUE_TYPES),
         ));
         let tls = self.tls(p);
+        let (queue, dlq) = (queue?, dlq?);
+        if queue == dlq {
+            p.0.push(format!(
+                "{PREFIX}DLQ={dlq:?} is not valid: it must differ from {PREFIX}QUEUE (dead letters would be consumed again)"
+            ));
+            return None;
+        }
         Some(BrokerConfig {
             uri: uri?,
-            queue: queue?,
-            dlq: dlq?,
+            queue,
+            dlq,
             queue_type: queue_type?,
             tls: tls?,
         })
@@ -398,20 +462,7 @@ impl RawConfig {
     pub fn worker_config(&self) -> Result<WorkerConfig, ConfigError> {
         let mut p = Problems::default();
         let broker = self.broker(&mut p);
-        let user_url = p.check(required("USER_API_URL", &self.user_api_url, http_url));
-        let log_url = p.check(required("LOG_API_URL", &self.log_api_url, http_url));
-        let user_rate = p.check(parse_or(
-            "USER_API_RATE_LIMIT",
-            &self.user_api_rate_limit,
-            None,
-            |s| at_least_one(s).map(Some),
-        ));
-        let log_rate = p.check(parse_or(
-            "LOG_API_RATE_LIMIT",
-            &self.log_api_rate_limit,
-            None,
-            |s| at_least_one(s).map(Some),
-        ));
+        let targets = self.targets(&mut p);
         let prefetch = p.check(parse_or("PREFETCH", &self.prefetch, 64, |s| {
             match number::<u16>(s) {
                 Ok(0) => Err("must be at least 1".into()),
@@ -424,7 +475,7 @@ impl RawConfig {
             "HTTP_TIMEOUT_MS",
             &self.http_timeout_ms,
             Duration::from_millis(10_000),
-            positive_millis,
+            millis_within(Duration::from_millis(1), MAX_HTTP_TIMEOUT),
         ));
         let max_attempts = p.check(parse_or(
             "MAX_ATTEMPTS",
@@ -436,7 +487,7 @@ impl RawConfig {
             "RETRY_BACKOFF_MS",
             &self.retry_backoff_ms,
             Duration::from_millis(200),
-            millis,
+            millis_within(Duration::ZERO, MAX_RETRY_BACKOFF),
         ));
         let outage_policy = p.check(parse_or(
             "OUTAGE_POLICY",
@@ -448,7 +499,7 @@ impl RawConfig {
             "OUTAGE_PAUSE_MS",
             &self.outage_pause_ms,
             Duration::from_millis(5_000),
-            millis,
+            millis_within(Duration::ZERO, MAX_PAUSE),
         ));
         let log_event = self
             .log_event
@@ -465,26 +516,17 @@ impl RawConfig {
             "SHUTDOWN_GRACE_MS",
             &self.shutdown_grace_ms,
             Duration::from_millis(30_000),
-            millis,
+            millis_within(Duration::ZERO, MAX_PAUSE),
         ));
         p.check(self.log_format().map_err(|e| e.problems.join("; ")));
-        let token = |v: &Option<String>| present(v).map(Secret::new);
         p.finish()?;
+        // Every None above pushed a problem, so finish() returned first.
         let incomplete = || ConfigError {
             problems: vec!["settings are incomplete".into()],
         };
         Ok(WorkerConfig {
             broker: broker.ok_or_else(incomplete)?,
-            user_api: ApiConfig {
-                url: user_url.ok_or_else(incomplete)?,
-                token: token(&self.user_api_token),
-                rate_limit: user_rate.ok_or_else(incomplete)?,
-            },
-            log_api: ApiConfig {
-                url: log_url.ok_or_else(incomplete)?,
-                token: token(&self.log_api_token),
-                rate_limit: log_rate.ok_or_else(incomplete)?,
-            },
+            targets: targets.ok_or_else(incomplete)?,
             prefetch: prefetch.ok_or_else(incomplete)?,
             http_timeout: http_timeout.ok_or_else(incomplete)?,
             max_attempts: max_attempts.ok_or_else(incomplete)?,
@@ -501,6 +543,7 @@ impl RawConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::BodyShape;
 
     fn raw(pairs: &[(&str, &str)]) -> RawConfig {
         RawConfig::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
@@ -531,7 +574,15 @@ mod tests {
         assert_eq!(c.log_event, "user.registered");
         assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:9464");
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
-        assert!(c.user_api.token.is_none() && c.user_api.rate_limit.is_none());
+        let names: Vec<&str> = c.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["user-management", "logging"]);
+        assert_eq!(c.targets[0].body, BodyShape::Raw);
+        assert_eq!(c.targets[1].body, BodyShape::Envelope);
+        assert_eq!(c.targets[0].url.as_str(), "http://127.0.0.1:1/users");
+        assert!(c
+            .targets
+            .iter()
+            .all(|t| t.token.is_none() && t.rate_limit.is_none()));
         assert_eq!(raw(&[]).log_format().unwrap(), LogFormat::Text);
     }
 
@@ -559,6 +610,8 @@ mod tests {
             ("BRIDGE_USER_API_URL", "not a url"),
             ("BRIDGE_LOG_API_URL", "ftp://x/y"),
             ("BRIDGE_USER_API_RATE_LIMIT", "0"),
+            ("BRIDGE_LOG_API_RATE_LIMIT", "100001"),
+            ("BRIDGE_LOG_API_TOKEN", "a\u{7f}b"),
             ("BRIDGE_OUTAGE_PAUSE_MS", "1.5"),
             ("BRIDGE_SHUTDOWN_GRACE_MS", "x"),
         ];
@@ -586,7 +639,7 @@ mod tests {
         pairs.push(("BRIDGE_AMQP_URL", "amqps://u:pw@broker:5671/v?heartbeat=3"));
         pairs.push(("BRIDGE_QUEUE_TYPE", "quorum"));
         let c = raw(&pairs).worker_config().unwrap();
-        assert_eq!(c.user_api.token.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(c.targets[0].token.as_ref().unwrap().expose(), "s3cret");
         let debug = format!("{c:?}");
         assert!(
             !debug.contains("s3cret") && !debug.contains("pw"),
@@ -594,6 +647,204 @@ mod tests {
         );
         assert_eq!(c.broker.uri.0.query.heartbeat, Some(3));
         assert_eq!(c.broker.queue_type, QueueType::Quorum);
+    }
+
+    fn problems(pairs: &[(&str, &str)]) -> String {
+        raw(pairs).worker_config().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn any_number_of_targets_with_their_own_settings() {
+        let c = raw(&[
+            ("BRIDGE_TARGETS", " crm , audit-2,logging"),
+            ("BRIDGE_TARGET_CRM_URL", "https://crm.example/hook"),
+            ("BRIDGE_TARGET_CRM_TOKEN", "crm-token"),
+            ("BRIDGE_TARGET_CRM_RATE_LIMIT", "5"),
+            ("BRIDGE_TARGET_AUDIT_2_URL", "http://audit/x"),
+            ("BRIDGE_TARGET_AUDIT_2_BODY", "envelope"),
+            ("BRIDGE_LOG_API_URL", "http://logs/x"),
+            ("BRIDGE_TARGET_LOGGING_BODY", "raw"),
+        ])
+        .worker_config()
+        .unwrap();
+        let t = &c.targets;
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[0].name.as_str(), "crm");
+        assert_eq!(t[0].token.as_ref().unwrap().expose(), "crm-token");
+        assert_eq!(t[0].rate_limit.unwrap().get(), 5);
+        assert_eq!(t[0].body, BodyShape::Raw, "_BODY defaults to raw");
+        assert_eq!(t[1].name.as_str(), "audit-2");
+        assert_eq!(t[1].body, BodyShape::Envelope);
+        assert_eq!(
+            t[2].body,
+            BodyShape::Raw,
+            "_BODY overrides the default shape"
+        );
+        assert_eq!(t[2].url.as_str(), "http://logs/x");
+    }
+
+    #[test]
+    fn default_targets_take_either_spelling_but_not_both() {
+        let c = raw(&[
+            ("BRIDGE_TARGET_USER_MANAGEMENT_URL", "http://u/x"),
+            ("BRIDGE_LOG_API_URL", "http://l/x"),
+            ("BRIDGE_TARGET_LOGGING_TOKEN", "t"),
+        ])
+        .worker_config()
+        .unwrap();
+        assert_eq!(c.targets[0].url.as_str(), "http://u/x");
+        assert_eq!(c.targets[1].token.as_ref().unwrap().expose(), "t");
+
+        for (old, new) in [
+            ("BRIDGE_USER_API_URL", "BRIDGE_TARGET_USER_MANAGEMENT_URL"),
+            ("BRIDGE_LOG_API_URL", "BRIDGE_TARGET_LOGGING_URL"),
+            (
+                "BRIDGE_USER_API_TOKEN",
+                "BRIDGE_TARGET_USER_MANAGEMENT_TOKEN",
+            ),
+            (
+                "BRIDGE_LOG_API_RATE_LIMIT",
+                "BRIDGE_TARGET_LOGGING_RATE_LIMIT",
+            ),
+        ] {
+            let mut pairs = URLS.to_vec();
+            pairs.extend([(old, "http://a/b"), (new, "http://a/b")]);
+            let e = problems(&pairs);
+            assert!(e.contains(old) && e.contains(new), "{e}");
+            assert!(e.contains("both set"), "{e}");
+        }
+    }
+
+    #[test]
+    fn bad_target_lists_are_named() {
+        for list in ["Billing", "crm,crm", "crm,,logging", "a_b", "crm,"] {
+            let e = problems(&[
+                ("BRIDGE_TARGETS", list),
+                ("BRIDGE_TARGET_CRM_URL", "http://c/"),
+            ]);
+            assert!(e.contains("BRIDGE_TARGETS"), "{list}: {e}");
+        }
+        assert!(problems(&[("BRIDGE_TARGETS", "crm,crm")]).contains("listed twice"));
+        let e = problems(&[("BRIDGE_TARGETS", "crm")]);
+        assert!(e.contains("BRIDGE_TARGET_CRM_URL is required"), "{e}");
+        let e = problems(&[
+            ("BRIDGE_TARGETS", "crm"),
+            ("BRIDGE_TARGET_CRM_URL", "http://c/"),
+            ("BRIDGE_TARGET_CRM_BODY", "json"),
+            ("BRIDGE_TARGET_CRM_RATE_LIMIT", "4294967296"),
+        ]);
+        assert!(e.contains("BRIDGE_TARGET_CRM_BODY"), "{e}");
+        assert!(e.contains("BRIDGE_TARGET_CRM_RATE_LIMIT"), "{e}");
+    }
+
+    #[test]
+    fn unlisted_targets_settings_are_not_required() {
+        let c = raw(&[
+            ("BRIDGE_TARGETS", "solo"),
+            ("BRIDGE_TARGET_SOLO_URL", "http://s/"),
+        ])
+        .worker_config()
+        .unwrap();
+        assert_eq!(c.targets.len(), 1);
+    }
+
+    #[test]
+    fn a_token_that_is_no_header_value_is_named_not_shown() {
+        for (var, token) in [
+            ("BRIDGE_USER_API_TOKEN", "abc\ndef-secret"),
+            ("BRIDGE_TARGET_LOGGING_TOKEN", "x\r\nInjected: secret"),
+            ("BRIDGE_USER_API_TOKEN", "nul\0secret"),
+        ] {
+            let mut pairs = URLS.to_vec();
+            pairs.push((var, token));
+            let e = problems(&pairs);
+            assert!(e.contains(var), "{e}");
+            assert!(!e.contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn url_credentials_never_appear_in_errors_or_debug() {
+        let cases = [
+            ("BRIDGE_USER_API_URL", "ftp://user:hunter2@host/x"),
+            ("BRIDGE_USER_API_URL", "http://user:hunter2@/x"),
+            ("BRIDGE_USER_API_URL", "http://user:hunter2@host:99999/x"),
+            ("BRIDGE_AMQP_URL", "amqp://u:hunter2@h/?heartbeat=ten"),
+            ("BRIDGE_AMQP_URL", "amqp:u:hunter2@h"),
+            ("BRIDGE_AMQP_URL", "http://u:hunter2@h/"),
+        ];
+        for (var, value) in cases {
+            let mut pairs = URLS.to_vec();
+            pairs.retain(|(k, _)| *k != var);
+            pairs.push((var, value));
+            let e = problems(&pairs);
+            assert!(e.contains(var), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        let c = raw(&[
+            ("BRIDGE_USER_API_URL", "http://user:hunter2@host/x"),
+            ("BRIDGE_LOG_API_URL", "http://tokenonly@host/x"),
+        ])
+        .worker_config()
+        .unwrap();
+        let debug = format!("{c:?} {:?}", raw(&[("BRIDGE_USER_API_TOKEN", "hunter2")]));
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("tokenonly"),
+            "{debug}"
+        );
+        assert_eq!(c.targets[0].url.password(), Some("hunter2"), "still used");
+    }
+
+    #[test]
+    fn a_token_and_url_credentials_are_one_too_many() {
+        let e = problems(&[
+            ("BRIDGE_USER_API_URL", "http://u:hunter2@h/x"),
+            ("BRIDGE_USER_API_TOKEN", "tok-secret"),
+            URLS[1],
+        ]);
+        assert!(e.contains("BRIDGE_USER_API_TOKEN") && e.contains("BRIDGE_USER_API_URL"));
+        assert!(!e.contains("hunter2") && !e.contains("tok-secret"), "{e}");
+    }
+
+    #[test]
+    fn the_dlq_must_differ_from_the_queue() {
+        let mut pairs = URLS.to_vec();
+        pairs.extend([("BRIDGE_QUEUE", "q"), ("BRIDGE_DLQ", "q")]);
+        let e = problems(&pairs);
+        assert!(
+            e.contains("BRIDGE_DLQ") && e.contains("BRIDGE_QUEUE"),
+            "{e}"
+        );
+        let e = raw(&[("BRIDGE_DLQ", "bridge.inbound")])
+            .broker_config()
+            .unwrap_err();
+        assert!(e.to_string().contains("BRIDGE_DLQ"), "{e}");
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        for (var, bad, good) in [
+            ("BRIDGE_OUTAGE_PAUSE_MS", "18446744073709551615", "86400000"),
+            ("BRIDGE_OUTAGE_PAUSE_MS", "86400001", "0"),
+            (
+                "BRIDGE_SHUTDOWN_GRACE_MS",
+                "99999999999999999999999",
+                "86400000",
+            ),
+            ("BRIDGE_SHUTDOWN_GRACE_MS", "86400001", "0"),
+            ("BRIDGE_HTTP_TIMEOUT_MS", "600001", "600000"),
+            ("BRIDGE_HTTP_TIMEOUT_MS", "0", "1"),
+            ("BRIDGE_RETRY_BACKOFF_MS", "30001", "30000"),
+            ("BRIDGE_RETRY_BACKOFF_MS", "18446744073709551615", "0"),
+        ] {
+            let mut pairs = URLS.to_vec();
+            pairs.push((var, bad));
+            let e = problems(&pairs);
+            assert!(e.contains(var) && e.contains("at "), "{var}={bad}: {e}");
+            pairs.pop();
+            pairs.push((var, good));
+            assert!(raw(&pairs).worker_config().is_ok(), "{var}={good}");
+        }
     }
 
     #[test]

@@ -1,8 +1,7 @@
 //! The Prometheus metrics of the contract, as typed handles.
 //!
-//! Outcomes are recorded through [`Metrics::record_outcome`] only, which also
-//! writes the one info line per message, so the log and the counters cannot
-//! drift apart.
+//! Per-target series are resolved once per target at startup
+//! ([`Metrics::target`]), so an attempt bumps a counter without hashing labels.
 
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::domain::Target;
+use crate::domain::TargetName;
 
 /// How a delivery ended, as the `outcome` label says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,13 +70,33 @@ impl AttemptResult {
 pub struct Metrics {
     registry: Registry,
     messages: [IntCounter; 4],
-    /// Indexed by `[Target as usize][AttemptResult as usize]`: resolved once,
-    /// not hashed per attempt.
-    api_requests: [[IntCounter; 3]; 2],
-    api_duration: [Histogram; 2],
+    api_requests: IntCounterVec,
+    api_duration: HistogramVec,
     pub in_flight: IntGauge,
     pub broker_connected: IntGauge,
     pub dlq_depth: IntGauge,
+}
+
+/// One target's `bridge_api_requests_total` and
+/// `bridge_api_request_duration_seconds` series.
+#[derive(Clone)]
+pub struct TargetMetrics {
+    /// Indexed by `AttemptResult as usize`.
+    requests: [IntCounter; 3],
+    duration: Histogram,
+}
+
+impl TargetMetrics {
+    pub fn record_attempt(&self, result: AttemptResult, took: Duration) {
+        self.requests[result as usize].inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+}
+
+impl std::fmt::Debug for TargetMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetMetrics").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -155,13 +174,8 @@ impl Metrics {
         Metrics {
             registry,
             messages: Outcome::ALL.map(|o| messages_vec.with_label_values(&[o.as_str()])),
-            // Resolving every label combination also makes a scrape show zeros
-            // from the start.
-            api_requests: Target::ALL.map(|t| {
-                AttemptResult::ALL
-                    .map(|r| api_requests.with_label_values(&[t.as_str(), r.as_str()]))
-            }),
-            api_duration: Target::ALL.map(|t| api_duration_vec.with_label_values(&[t.as_str()])),
+            api_requests,
+            api_duration: api_duration_vec,
             in_flight,
             broker_connected,
             dlq_depth,
@@ -176,13 +190,23 @@ impl Metrics {
         self.messages[outcome as usize].get()
     }
 
-    pub fn record_attempt(&self, target: Target, result: AttemptResult, took: Duration) {
-        self.api_requests[target as usize][result as usize].inc();
-        self.api_duration[target as usize].observe(took.as_secs_f64());
+    /// The series of one target, resolved once. Resolving every label
+    /// combination also makes a scrape show zeros from the start.
+    pub fn target(&self, target: &TargetName) -> TargetMetrics {
+        TargetMetrics {
+            requests: AttemptResult::ALL.map(|r| {
+                self.api_requests
+                    .with_label_values(&[target.as_str(), r.as_str()])
+            }),
+            duration: self.api_duration.with_label_values(&[target.as_str()]),
+        }
     }
 
-    pub fn attempt_count(&self, target: Target, result: AttemptResult) -> u64 {
-        self.api_requests[target as usize][result as usize].get()
+    /// Attempts to `target` with `result` so far (`demo` reports retries).
+    pub fn attempt_count(&self, target: &str, result: AttemptResult) -> u64 {
+        self.api_requests
+            .with_label_values(&[target, result.as_str()])
+            .get()
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -203,11 +227,10 @@ mod tests {
     fn renders_every_contract_metric() {
         let m = Metrics::new();
         m.count_outcome(Outcome::DeadLettered);
-        m.record_attempt(
-            Target::Logging,
-            AttemptResult::TransientError,
-            Duration::from_millis(3),
-        );
+        let name = |s| TargetName::parse(s).unwrap();
+        let _ = m.target(&name("user-management"));
+        m.target(&name("logging"))
+            .record_attempt(AttemptResult::TransientError, Duration::from_millis(3));
         let text = m.render();
         for needle in [
             "# TYPE bridge_messages_total counter",

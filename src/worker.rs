@@ -1,8 +1,9 @@
-//! One delivery, start to finish: parse once, call both APIs at once, decide,
-//! and settle. `settle` is the only code that acks, nacks or republishes a
+//! One delivery, start to finish: parse once, call every target at once,
+//! decide, and settle. `settle` is the only code that acks, nacks or republishes a
 //! delivery.
 
 use std::{
+    fmt,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -17,12 +18,12 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::{
-    api::{ApiClient, CallReport, Requests},
+    api::{ApiClient, CallReport, Endpoint},
     broker::{fields, publisher::Publisher},
     config::{OutagePolicy, WorkerConfig},
     domain::{
         dead_letter, decide, message::validate_json, CallOutcome, DeadLetter, Disposition,
-        InboundMessage, Target,
+        InboundMessage,
     },
     metrics::{Metrics, Outcome},
 };
@@ -48,16 +49,20 @@ pub struct Worker {
     pause: PauseSender,
 }
 
-/// Each API's call report, indexed by `Target as usize`; `None` when the API
-/// was not called.
-type Calls = [Option<CallReport>; 2];
+/// Each target's call report, in the configured order; `None` when the
+/// target was not called (an earlier delivery got it accepted). Empty when no
+/// target was called because the body was rejected.
+type Calls = Vec<Option<CallReport>>;
+
+/// What a target that was not called counts as.
+static ALREADY_DONE: CallOutcome = CallOutcome::AlreadyDone;
 
 impl Worker {
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new(cfg: &WorkerConfig, metrics: Metrics, pause: PauseSender) -> anyhow::Result<Self> {
         Ok(Worker {
-            api: ApiClient::new(cfg, metrics.clone())?,
+            api: ApiClient::new(cfg, &metrics)?,
             metrics,
             queue: cfg.broker.queue.clone(),
             dlq: cfg.broker.dlq.clone(),
@@ -80,7 +85,7 @@ impl Worker {
             redelivered,
             ..
         } = delivery;
-        let (msg, unknown) = fields::inbound_message(&properties, Bytes::from(data));
+        let (msg, malformed) = fields::inbound_message(&properties, Bytes::from(data));
         let span = tracing::info_span!("message", message_id = %msg.message_id);
         // OpenTelemetry: child of the message's traceparent (no-op when off).
         crate::otel::message_span(
@@ -90,9 +95,7 @@ impl Worker {
             &self.queue,
         );
         async move {
-            if !unknown.is_empty() {
-                warn!(?unknown, "ignoring unknown names in x-bridge-done-targets");
-            }
+            self.warn_unknown_done(&msg, &malformed);
             let (disposition, calls) = self.process(&msg).await;
             let reason = match &disposition {
                 Disposition::DeadLetter(dl) => Some(dl.reason.as_str()),
@@ -102,13 +105,18 @@ impl Worker {
                 .settle(&acker, &publisher, &properties, &msg, disposition)
                 .await;
             self.metrics.count_outcome(outcome);
-            let ms = |t: Target| calls[t as usize].as_ref().map(|r| millis(r.elapsed));
             info!(
                 message_id = %msg.message_id,
                 outcome = outcome.as_str(),
                 reason,
-                user_management_ms = ms(Target::UserManagement),
-                logging_ms = ms(Target::Logging),
+                // A string, so text logs quote it; built only when the line
+                // is written (the macro checks the level first).
+                latency_ms = Latencies {
+                    endpoints: self.api.endpoints(),
+                    calls: &calls,
+                }
+                .to_string()
+                .as_str(),
                 total_ms = millis(started.elapsed()),
                 redelivered,
                 "message settled"
@@ -119,11 +127,39 @@ impl Worker {
         .await
     }
 
+    /// Names in `x-bridge-done-targets` that are no configured target are
+    /// ignored (a target removed since, or a hand-written header); the
+    /// configured targets not yet done are called.
+    fn warn_unknown_done(&self, msg: &InboundMessage, malformed: &[String]) {
+        if msg.done.is_empty() && malformed.is_empty() {
+            return;
+        }
+        let endpoints = self.api.endpoints();
+        let unknown: Vec<&str> = msg
+            .done
+            .iter()
+            .filter(|name| !endpoints.iter().any(|e| e.name() == *name))
+            .map(|name| name.as_str())
+            // Malformed items are whatever a publisher wrote: bounded, so a
+            // huge header cannot flood the log.
+            .chain(malformed.iter().map(|s| prefix(s, 64)))
+            .take(16)
+            .collect();
+        if !unknown.is_empty() {
+            warn!(
+                ?unknown,
+                "ignoring names in x-bridge-done-targets that are not configured targets"
+            );
+        }
+    }
+
     /// Validates, calls what still needs calling, and decides.
     async fn process(&self, msg: &InboundMessage) -> (Disposition, Calls) {
         let requests = match validate_json(&msg.body) {
             Err(why) => Err(why.0),
-            Ok(json) => Requests::build(msg, &msg.body[json], msg.event(&self.log_event))
+            Ok(json) => self
+                .api
+                .requests(msg, &msg.body[json], msg.event(&self.log_event))
                 .map_err(|e| e.to_string()),
         };
         let requests = match requests {
@@ -131,32 +167,28 @@ impl Worker {
             Err(why) => {
                 debug!(%why, "invalid payload");
                 let dl = DeadLetter::invalid_payload(why);
-                return (Disposition::DeadLetter(dl), [None, None]);
+                return (Disposition::DeadLetter(dl), Vec::new());
             }
         };
-        let call = |target: Target| {
+        let endpoints = self.api.endpoints();
+        // Every call starts at once; each retries on its own.
+        let calls: Calls = futures::future::join_all(endpoints.iter().map(|endpoint| {
             let requests = &requests;
             async move {
-                if msg.done.contains(target) {
+                if msg.done.contains(endpoint.name().as_str()) {
                     None
                 } else {
-                    Some(self.api.call(target, requests).await)
+                    Some(self.api.call(endpoint, requests).await)
                 }
             }
-        };
-        // Both requests start together; each retries on its own.
-        let (user, log) = tokio::join!(call(Target::UserManagement), call(Target::Logging));
-        let calls = [user, log];
-        let outcomes: Vec<(Target, CallOutcome)> = Target::ALL
-            .iter()
-            .map(|&t| {
-                let outcome = calls[t as usize]
-                    .as_ref()
-                    .map_or(CallOutcome::AlreadyDone, |r| r.outcome.clone());
-                (t, outcome)
-            })
-            .collect();
-        (decide(msg.done, &outcomes, self.hold_on_outage), calls)
+        }))
+        .await;
+        let outcomes = endpoints.iter().zip(&calls).map(|(endpoint, call)| {
+            let outcome = call.as_ref().map_or(&ALREADY_DONE, |r| &r.outcome);
+            (endpoint.name(), outcome)
+        });
+        let disposition = decide(&msg.done, outcomes, self.hold_on_outage);
+        (disposition, calls)
     }
 
     /// Carries out a disposition. The ack always comes last: until then the
@@ -197,6 +229,43 @@ impl Worker {
             }
         }
     }
+}
+
+/// The per-target latencies of the log line, as one value
+/// (`user-management=12.3 logging=done`): target names belong in values, not
+/// in field names.
+struct Latencies<'a> {
+    endpoints: &'a [Endpoint],
+    calls: &'a [Option<CallReport>],
+}
+
+impl fmt::Display for Latencies<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (endpoint, call)) in self.endpoints.iter().zip(self.calls).enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            match call {
+                Some(report) => write!(
+                    f,
+                    "{}={:.1}",
+                    endpoint.name(),
+                    report.elapsed.as_secs_f64() * 1000.0
+                )?,
+                None => write!(f, "{}=done", endpoint.name())?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// At most the first `max` bytes of `s`, cut at a character boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Milliseconds with one decimal, for log lines.

@@ -1,50 +1,72 @@
-//! The two downstream APIs: one shared HTTP client, the requests the contract
-//! prescribes, and the per-API retry loop.
+//! The downstream APIs (targets): one shared HTTP client, the requests the
+//! contract prescribes, and the per-target retry loop.
 
 pub mod backoff;
 pub mod classify;
 pub mod rate_limit;
+pub mod requests;
 
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{
-    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
-};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use tracing::warn;
 
 use crate::{
-    config::{ApiConfig, WorkerConfig},
-    domain::{
-        message::is_header_safe, CallFailure, CallOutcome, FailureKind, InboundMessage, Target,
-    },
-    metrics::{AttemptResult, Metrics},
+    config::{TargetConfig, WorkerConfig},
+    domain::{BodyShape, CallFailure, CallOutcome, FailureKind, InboundMessage, TargetName},
+    metrics::{AttemptResult, Metrics, TargetMetrics},
 };
 use backoff::Backoff;
 use rate_limit::RateLimiter;
+pub use requests::{Requests, UnsendableId};
 
 /// Longest wait between two attempts, whatever the doubling reaches.
-const BACKOFF_CAP: Duration = Duration::from_secs(30);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
 /// Idle pooled connections are dropped before common servers close theirs
 /// (Node.js and Apache: 5 s), so a request rarely meets a connection the server
 /// closed while idle; when it does, the error is transient and retried.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
-static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// How much of an error response's body is read. Nothing of it is used; a
+/// short one is read to its end so the connection can be reused, a longer one
+/// (a server streaming without end) is cut off with its connection.
+pub const ERROR_BODY_CAP: usize = 1024;
+/// The same for a success: acknowledgements are small, and a huge one must
+/// not cost memory or hold the call until its timeout.
+pub const SUCCESS_BODY_CAP: usize = 64 * 1024;
 
-#[derive(Debug)]
-struct Endpoint {
+/// One target, with everything its requests need built once at startup.
+pub struct Endpoint {
+    name: TargetName,
     url: reqwest::Url,
     /// `Bearer …`, marked sensitive so hyper never prints it.
     authorization: Option<HeaderValue>,
+    body: BodyShape,
     limiter: Option<RateLimiter>,
+    metrics: TargetMetrics,
 }
 
-/// How one API call went, with the time it took including retries.
+impl std::fmt::Debug for Endpoint {
+    /// The URL without its credentials; the token is sensitive anyway.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("name", &self.name)
+            .field("url", &crate::config::redacted_url(&self.url))
+            .field("body", &self.body)
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    pub fn name(&self) -> &TargetName {
+        &self.name
+    }
+}
+
+/// How one call went, with the time it took including retries.
 #[derive(Clone, Debug)]
 pub struct CallReport {
     pub outcome: CallOutcome,
@@ -55,61 +77,52 @@ pub struct CallReport {
 #[derive(Debug)]
 pub struct ApiClient {
     client: reqwest::Client,
-    /// Indexed by `Target as usize`.
-    endpoints: [Endpoint; 2],
+    /// In the configured order.
+    endpoints: Vec<Endpoint>,
+    /// Whether any target takes the envelope, so it is built only then.
+    needs_envelope: bool,
     max_attempts: u32,
     /// Bounds one attempt, from connecting to the end of the response body.
     timeout: Duration,
     backoff: Backoff,
-    metrics: Metrics,
 }
 
-/// The bodies and headers of one message's two requests, built once.
-#[derive(Clone, Debug)]
-pub struct Requests {
-    pub headers: HeaderMap,
-    /// Indexed by `Target as usize`.
-    pub bodies: [Bytes; 2],
-}
-
-/// Why a message's properties cannot be sent as HTTP headers.
+/// A target whose settings cannot make a request (the configuration checks
+/// these first, so this is a second line of defence).
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "message_id {0:?} contains control characters and cannot be sent as the Idempotency-Key header"
-)]
-pub struct UnsendableId(pub String);
+#[error("target {0:?} cannot make a request: its URL or token is not valid")]
+pub struct BadTarget(String);
 
-impl Requests {
-    /// Builds both requests of `msg`. `json` is the trimmed JSON text of the
-    /// body, `event` the logging event name.
-    ///
-    /// # Errors
-    /// When the message id cannot be an HTTP header value.
-    pub fn build(msg: &InboundMessage, json: &[u8], event: &str) -> Result<Requests, UnsendableId> {
-        let mut headers = HeaderMap::with_capacity(5);
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        // from_bytes, not from_str: a non-ASCII id travels as its UTF-8 bytes
-        // (obs-text) rather than being refused.
-        let key = HeaderValue::from_bytes(msg.message_id.as_str().as_bytes())
-            .map_err(|_| UnsendableId(msg.message_id.to_string()))?;
-        headers.insert(IDEMPOTENCY_KEY.clone(), key);
-        for (name, value) in [
-            (&CORRELATION_ID, &msg.correlation_id),
-            (&TRACEPARENT, &msg.traceparent),
-            (&TRACESTATE, &msg.tracestate),
-        ] {
-            // These only help tracing; one that cannot be a header is dropped
-            // rather than failing the message.
-            if let Some(v) = value.as_deref().filter(|v| is_header_safe(v)) {
-                if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
-                    headers.insert(name.clone(), v);
-                }
+impl Endpoint {
+    fn new(
+        target: &TargetConfig,
+        client: &reqwest::Client,
+        metrics: &Metrics,
+    ) -> Result<Endpoint, BadTarget> {
+        let bad = || BadTarget(target.name.to_string());
+        // reqwest moves URL credentials into a basic-auth header on every
+        // request; doing it once here leaves each attempt a clean URL and a
+        // ready header.
+        let prepared = client.post(target.url.clone()).build().map_err(|_| bad())?;
+        let authorization = match &target.token {
+            Some(t) => {
+                let mut v =
+                    HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(|_| bad())?;
+                v.set_sensitive(true);
+                Some(v)
             }
-        }
-        let log_body = crate::domain::message::log_envelope(event, json, &msg.message_id);
-        Ok(Requests {
-            headers,
-            bodies: [msg.body.clone(), Bytes::from(log_body)],
+            None => prepared.headers().get(AUTHORIZATION).cloned().map(|mut v| {
+                v.set_sensitive(true);
+                v
+            }),
+        };
+        Ok(Endpoint {
+            name: target.name.clone(),
+            url: prepared.url().clone(),
+            authorization,
+            body: target.body,
+            limiter: target.rate_limit.map(RateLimiter::per_second),
+            metrics: metrics.target(&target.name),
         })
     }
 }
@@ -118,13 +131,21 @@ impl ApiClient {
     /// # Errors
     /// When the TLS backend cannot be initialised or a token is not a valid
     /// header value.
-    pub fn new(cfg: &WorkerConfig, metrics: Metrics) -> anyhow::Result<Self> {
+    pub fn new(cfg: &WorkerConfig, metrics: &Metrics) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
-            // Both APIs may share a host, each with up to `prefetch` requests
+            // A redirect turns the POST into a bodiless GET elsewhere; its
+            // 200 would ack a message the API never received. A 3xx is a
+            // permanent failure instead (classify_status).
+            .redirect(reqwest::redirect::Policy::none())
+            // Targets may share a host, each with up to `prefetch` requests
             // in flight: a smaller idle pool closes and reopens connections
             // under load (BENCHMARK.md: 475 → 2 new connections per 1,000
             // messages).
-            .pool_max_idle_per_host(usize::from(cfg.prefetch).saturating_mul(2).max(16))
+            .pool_max_idle_per_host(
+                usize::from(cfg.prefetch)
+                    .saturating_mul(cfg.targets.len().max(2))
+                    .max(16),
+            )
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .connect_timeout(cfg.http_timeout)
             .tcp_nodelay(true)
@@ -132,43 +153,56 @@ impl ApiClient {
         // TLS: the platform's roots, plus BRIDGE_CA_FILE and the client
         // certificate (src/tls.rs).
         let client = cfg.broker.tls.apply(client)?.build()?;
-        let endpoint = |api: &ApiConfig, name: &str| -> anyhow::Result<Endpoint> {
-            let authorization = match &api.token {
-                None => None,
-                Some(t) => {
-                    let mut v =
-                        HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(|_| {
-                            anyhow::anyhow!("BRIDGE_{name}_API_TOKEN is not a valid header value")
-                        })?;
-                    v.set_sensitive(true);
-                    Some(v)
-                }
-            };
-            Ok(Endpoint {
-                url: api.url.clone(),
-                authorization,
-                limiter: api.rate_limit.map(RateLimiter::per_second),
-            })
-        };
+        let endpoints = cfg
+            .targets
+            .iter()
+            .map(|t| Endpoint::new(t, &client, metrics))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ApiClient {
             client,
-            endpoints: [
-                endpoint(&cfg.user_api, "USER")?,
-                endpoint(&cfg.log_api, "LOG")?,
-            ],
+            needs_envelope: endpoints.iter().any(|e| e.body == BodyShape::Envelope),
+            endpoints,
             max_attempts: cfg.max_attempts.get(),
             timeout: cfg.http_timeout,
             backoff: Backoff::new(cfg.retry_backoff, BACKOFF_CAP),
-            metrics,
         })
     }
 
-    /// Calls `target` until it accepts, fails permanently, or the attempts run
-    /// out. The per-attempt timeout is set on the client request.
-    pub async fn call(&self, target: Target, requests: &Requests) -> CallReport {
+    /// The targets, in the configured order.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// Builds the requests of one message for every target.
+    ///
+    /// # Errors
+    /// When the message id cannot be an HTTP header value.
+    pub fn requests(
+        &self,
+        msg: &InboundMessage,
+        json: &[u8],
+        event: &str,
+    ) -> Result<Requests, UnsendableId> {
+        Requests::build(msg, json, event, self.needs_envelope)
+    }
+
+    /// Calls `endpoint` until it accepts, fails permanently, or the attempts
+    /// run out. The per-attempt timeout is set on the client request.
+    pub async fn call(&self, endpoint: &Endpoint, requests: &Requests) -> CallReport {
         let started = Instant::now();
-        let endpoint = &self.endpoints[target as usize];
-        let body = &requests.bodies[target as usize];
+        let target = &endpoint.name;
+        let Some(body) = requests.body(endpoint.body) else {
+            // `requests` came from `self.requests`, which builds every shape
+            // a target takes; this is a bug, reported rather than panicking.
+            return CallReport {
+                outcome: CallOutcome::Failed(CallFailure {
+                    kind: FailureKind::Transient,
+                    attempts: 0,
+                    last_error: "internal error: request body not built".into(),
+                }),
+                elapsed: started.elapsed(),
+            };
+        };
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
@@ -183,8 +217,9 @@ impl ApiClient {
             let took = attempt_started.elapsed();
             let (kind, error, retry_after) = match result {
                 Ok(()) => {
-                    self.metrics
-                        .record_attempt(target, AttemptResult::Success, took);
+                    endpoint
+                        .metrics
+                        .record_attempt(AttemptResult::Success, took);
                     break CallOutcome::Succeeded { attempts: attempt };
                 }
                 Err(failure) => failure,
@@ -193,7 +228,7 @@ impl ApiClient {
                 FailureKind::Transient => AttemptResult::TransientError,
                 FailureKind::Permanent => AttemptResult::PermanentError,
             };
-            self.metrics.record_attempt(target, label, took);
+            endpoint.metrics.record_attempt(label, took);
             warn!(%target, attempt, max_attempts = self.max_attempts, error = %error, "API attempt failed");
             if kind == FailureKind::Permanent || attempt >= self.max_attempts {
                 break CallOutcome::Failed(CallFailure {
@@ -233,11 +268,12 @@ impl ApiClient {
         if let Some(auth) = &endpoint.authorization {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let response = request.send().await.map_err(|e| {
-            let description = describe(&e, self.timeout);
-            crate::otel::record_error(span, error_type(&e), &description);
-            (FailureKind::Transient, description, None)
-        })?;
+        let transport = |e: reqwest::Error| {
+            let text = scrub(describe(&e, self.timeout), &endpoint.url);
+            crate::otel::record_error(span, error_type(&e), &text);
+            (FailureKind::Transient, text, None)
+        };
+        let mut response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
         crate::otel::record_status(span, status);
         let retry_after = if classify::honours_retry_after(status) {
@@ -249,10 +285,17 @@ impl ApiClient {
         } else {
             None
         };
-        // Reading the body to its end returns the connection to the pool; its
-        // content is not used, and a broken body does not change the verdict.
-        let _ = response.bytes().await;
-        match classify::classify_status(status) {
+        let verdict = classify::classify_status(status);
+        let cap = if verdict.is_none() {
+            SUCCESS_BODY_CAP
+        } else {
+            ERROR_BODY_CAP
+        };
+        // The body's content is not used, and a broken body does not change
+        // the verdict; dropping a response not read to its end closes its
+        // connection.
+        let _ = discard_body(&mut response, cap).await;
+        match verdict {
             None => Ok(()),
             Some(kind) => Err((kind, format!("HTTP {status}"), retry_after)),
         }
@@ -268,6 +311,37 @@ fn error_type(e: &reqwest::Error) -> &'static str {
     } else {
         "request"
     }
+}
+
+/// Reads and drops a response body chunk by chunk, at most about `cap` bytes
+/// (one chunk past it); true if it ended within the cap, so the connection
+/// can go back to the pool.
+async fn discard_body(response: &mut reqwest::Response, cap: usize) -> bool {
+    let mut read = 0usize;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                read = read.saturating_add(chunk.len());
+                if read > cap {
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Removes a URL's credentials from an error text, should a library ever
+/// include them.
+fn scrub(text: String, url: &reqwest::Url) -> String {
+    let mut text = text;
+    for secret in [url.password().unwrap_or(""), url.username()] {
+        if !secret.is_empty() && text.contains(secret) {
+            text = text.replace(secret, "***");
+        }
+    }
+    text
 }
 
 /// A short description of a transport error, without the URL (it may carry
@@ -301,47 +375,38 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{MessageId, TargetSet};
+    use crate::metrics::Metrics;
+    use requests::test_message as message;
 
-    fn message(id: &str, correlation: Option<&str>) -> InboundMessage {
-        InboundMessage {
-            body: Bytes::from_static(b" {\"a\":1} "),
-            message_id: MessageId::resolve(Some(id), b""),
-            message_id_from_property: true,
-            kind: None,
-            correlation_id: correlation.map(str::to_owned),
-            traceparent: None,
-            tracestate: None,
-            done: TargetSet::empty(),
-        }
-    }
-
-    #[test]
-    fn builds_both_requests() {
-        let msg = message("id-1", Some("c-1"));
-        let r = Requests::build(&msg, b"{\"a\":1}", "user.registered").unwrap();
-        assert_eq!(r.headers["idempotency-key"], "id-1");
-        assert_eq!(r.headers["x-correlation-id"], "c-1");
-        assert_eq!(r.headers["content-type"], "application/json");
-        assert_eq!(
-            &r.bodies[Target::UserManagement as usize][..],
-            b" {\"a\":1} "
-        );
-        assert_eq!(
-            &r.bodies[Target::Logging as usize][..],
-            br#"{"event":"user.registered","data":{"a":1},"message_id":"id-1"}"#
-        );
-    }
-
-    #[test]
-    fn non_ascii_ids_travel_and_control_characters_are_refused() {
-        let msg = message("usér-1", Some("bad\ncorrelation"));
-        let r = Requests::build(&msg, b"1", "e").unwrap();
-        assert_eq!(r.headers["idempotency-key"].as_bytes(), "usér-1".as_bytes());
-        assert!(
-            !r.headers.contains_key("x-correlation-id"),
-            "an unsendable optional header is dropped"
-        );
-        assert!(Requests::build(&message("a\r\nb", None), b"1", "e").is_err());
+    #[tokio::test]
+    async fn a_url_password_stays_out_of_the_error() {
+        let cfg = crate::config::RawConfig::from_vars([
+            (
+                "BRIDGE_USER_API_URL".to_owned(),
+                "http://user:hunter2@127.0.0.1:1/x".to_owned(),
+            ),
+            (
+                "BRIDGE_LOG_API_URL".to_owned(),
+                "http://127.0.0.1:1/y".to_owned(),
+            ),
+            ("BRIDGE_MAX_ATTEMPTS".to_owned(), "1".to_owned()),
+        ])
+        .worker_config()
+        .unwrap();
+        let api = ApiClient::new(&cfg, &Metrics::new()).unwrap();
+        let msg = message("id", None);
+        let requests = api.requests(&msg, b"{}", "e").unwrap();
+        let report = api.call(&api.endpoints()[0], &requests).await;
+        let CallOutcome::Failed(f) = report.outcome else {
+            panic!("{:?}", report.outcome)
+        };
+        assert!(f.last_error.starts_with("connection failed"), "{f:?}");
+        assert!(!format!("{f:?} {api:?}").contains("hunter2"), "{f:?}");
+        assert_eq!(scrub("a hunter2 b".into(), &cfg.targets[0].url), "a *** b");
+        let endpoint = &api.endpoints()[0];
+        assert_eq!(endpoint.url.as_str(), "http://127.0.0.1:1/x");
+        let auth = endpoint.authorization.as_ref().unwrap();
+        assert_eq!(auth.to_str().unwrap(), "Basic dXNlcjpodW50ZXIy");
+        assert!(auth.is_sensitive());
     }
 }

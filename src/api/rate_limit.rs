@@ -26,7 +26,9 @@ impl RateLimiter {
         let limit = limit.get() as usize;
         RateLimiter {
             limit,
-            started: Mutex::new(VecDeque::with_capacity(limit)),
+            // Grows with use: a high limit that traffic never reaches costs
+            // no memory up front.
+            started: Mutex::new(VecDeque::with_capacity(limit.min(64))),
         }
     }
 

@@ -221,7 +221,7 @@ pub fn replay_properties(props: &BasicProperties) -> BasicProperties {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{DeadLetter, Target};
+    use crate::domain::DeadLetter;
 
     fn props_with_headers(pairs: &[(&str, AMQPValue)]) -> BasicProperties {
         let mut t = FieldTable::default();
@@ -243,8 +243,8 @@ mod tests {
         .with_correlation_id("c-1".into())
         .with_type("user.deleted".into());
         let (msg, unknown) = inbound_message(&props, Bytes::from_static(b"{}"));
-        assert!(msg.done.contains(Target::UserManagement));
-        assert!(!msg.done.contains(Target::Logging));
+        assert!(msg.done.contains("user-management"));
+        assert!(!msg.done.contains("logging"));
         assert!(unknown.is_empty());
         assert_eq!(msg.traceparent.as_deref(), Some("00-abc-def-01"));
         assert_eq!(msg.correlation_id.as_deref(), Some("c-1"));

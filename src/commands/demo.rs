@@ -119,10 +119,7 @@ pub async fn run(raw: &RawConfig, count: u64) -> anyhow::Result<ExitCode> {
             .map(|()| ExitCode::from(1));
     }
 
-    let retried = metrics.attempt_count(
-        crate::domain::Target::Logging,
-        AttemptResult::TransientError,
-    );
+    let retried = metrics.attempt_count("logging", AttemptResult::TransientError);
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
     println!("  published:      {}", sent.confirmed);
     println!(

@@ -72,14 +72,14 @@ pub fn rfc3339_utc(at: OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Target, TargetSet};
+    use crate::domain::TargetSet;
 
     #[test]
     fn api_failed_headers() {
         let dl = DeadLetter {
             reason: Reason::ApiFailed,
-            failed: [Target::Logging].into_iter().collect(),
-            done: [Target::UserManagement].into_iter().collect(),
+            failed: TargetSet::parse_lenient("logging").0,
+            done: TargetSet::parse_lenient("user-management").0,
             errors: vec!["logging: HTTP 503 after 3 attempts".into()],
             attempts: 3,
         };

@@ -27,14 +27,7 @@ impl MessageId {
     }
 
     pub fn of_body(body: &[u8]) -> MessageId {
-        let digest = Sha256::digest(body);
-        let mut s = String::with_capacity(7 + 64);
-        s.push_str("sha256:");
-        for b in digest {
-            s.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-            s.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
-        }
-        MessageId(s)
+        MessageId(format!("sha256:{:x}", Sha256::digest(body)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -118,8 +111,9 @@ pub struct InboundMessage {
     pub correlation_id: Option<String>,
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
-    /// APIs that accepted this message on an earlier delivery
-    /// (`x-bridge-done-targets`); they are not called again.
+    /// Targets that accepted this message on an earlier delivery
+    /// (`x-bridge-done-targets`); they are not called again. It may name
+    /// targets that are not configured (any more).
     pub done: TargetSet,
 }
 

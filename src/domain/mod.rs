@@ -1,5 +1,6 @@
-//! The pure core: what a message is, which APIs it goes to, how call outcomes
-//! become a disposition, and what a dead-lettered message says about itself.
+//! The pure core: what a message is, which targets it goes to, how call
+//! outcomes become a disposition, and what a dead-lettered message says about
+//! itself.
 //!
 //! Nothing here performs I/O or knows about lapin or reqwest; the edges
 //! (`broker`, `api`) convert at the boundary, so every rule below is tested with
@@ -13,4 +14,4 @@ pub mod target;
 pub use dead_letter::{HeaderValue, Reason};
 pub use message::{InboundMessage, InvalidPayload, MessageId};
 pub use outcome::{decide, CallFailure, CallOutcome, DeadLetter, Disposition, FailureKind};
-pub use target::{Target, TargetSet};
+pub use target::{BadTargetName, BodyShape, TargetName, TargetSet};

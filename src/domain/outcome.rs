@@ -1,14 +1,15 @@
-//! How the two call outcomes of one delivery become its [`Disposition`]: the one
-//! decision the worker then carries out in `settle`.
+//! How the call outcomes of one delivery, one per configured target, become
+//! its [`Disposition`]: the one decision the worker then carries out in
+//! `settle`.
 
-use super::{Reason, Target, TargetSet};
+use super::{Reason, TargetName, TargetSet};
 
 /// Whether a failed call may succeed if tried again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureKind {
     /// Connection error, timeout, 408, 429, 5xx.
     Transient,
-    /// Any other non-2xx status.
+    /// Any other non-2xx status (3xx included: redirects are not followed).
     Permanent,
 }
 
@@ -24,7 +25,7 @@ pub struct CallFailure {
 impl CallFailure {
     /// One human line for `x-bridge-error`, e.g.
     /// `logging: HTTP 503 after 3 attempts`.
-    pub fn describe(&self, target: Target) -> String {
+    pub fn describe(&self, target: &TargetName) -> String {
         let plural = if self.attempts == 1 { "" } else { "s" };
         format!(
             "{target}: {} after {} attempt{plural}",
@@ -33,7 +34,7 @@ impl CallFailure {
     }
 }
 
-/// The result of calling one API for one delivery.
+/// The result of calling one target for one delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallOutcome {
     /// Not called: an earlier delivery already got it accepted.
@@ -47,12 +48,12 @@ pub enum CallOutcome {
 /// What the broker should be told about a message once its calls are over.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Disposition {
-    /// Both APIs accepted it: ack.
+    /// Every target accepted it: ack.
     Ack,
     /// To the DLQ with its reason, then ack.
     DeadLetter(DeadLetter),
     /// Only transient failures under the `hold` policy: back to the inbound
-    /// queue with the APIs that accepted it, then ack, and pause.
+    /// queue with the targets that accepted it, then ack, and pause.
     Hold { done: TargetSet },
 }
 
@@ -62,9 +63,9 @@ pub struct DeadLetter {
     pub reason: Reason,
     pub failed: TargetSet,
     pub done: TargetSet,
-    /// One line per failed API, or why the body was rejected.
+    /// One line per failed target, or why the body was rejected.
     pub errors: Vec<String>,
-    /// The largest number of attempts made for a failed API.
+    /// The largest number of attempts made for a failed target.
     pub attempts: u32,
 }
 
@@ -80,36 +81,44 @@ impl DeadLetter {
     }
 }
 
-/// What to do with a message given what each API said.
+/// What to do with a message given what each configured target said, in the
+/// configured order.
 ///
-/// `prior_done` are the APIs an earlier delivery already got the message
-/// accepted by; `hold_on_outage` is `BRIDGE_OUTAGE_POLICY=hold`. A permanent
-/// failure of either API always dead-letters.
-pub fn decide(
-    prior_done: TargetSet,
-    outcomes: &[(Target, CallOutcome)],
-    hold_on_outage: bool,
-) -> Disposition {
-    let mut done = prior_done;
+/// `prior_done` are the targets an earlier delivery already got the message
+/// accepted by (names no longer configured included: they stay in the
+/// message's record, so the done list is the union of the old one and what
+/// succeeded now); `hold_on_outage` is `BRIDGE_OUTAGE_POLICY=hold`. A permanent
+/// failure of any target always dead-letters.
+pub fn decide<'a, I>(prior_done: &TargetSet, outcomes: I, hold_on_outage: bool) -> Disposition
+where
+    I: IntoIterator<Item = (&'a TargetName, &'a CallOutcome)> + Clone,
+{
+    // The common case allocates nothing.
+    let any_failed = outcomes
+        .clone()
+        .into_iter()
+        .any(|(_, o)| matches!(o, CallOutcome::Failed(_)));
+    if !any_failed {
+        return Disposition::Ack;
+    }
+    let mut done = TargetSet::empty();
     let mut failed = TargetSet::empty();
     let mut errors = Vec::new();
     let mut attempts = 0;
     let mut any_permanent = false;
     for (target, outcome) in outcomes {
         match outcome {
-            CallOutcome::AlreadyDone => {}
-            CallOutcome::Succeeded { .. } => done.insert(*target),
+            CallOutcome::AlreadyDone | CallOutcome::Succeeded { .. } => done.insert(target.clone()),
             CallOutcome::Failed(f) => {
-                failed.insert(*target);
-                errors.push(f.describe(*target));
+                failed.insert(target.clone());
+                errors.push(f.describe(target));
                 attempts = attempts.max(f.attempts);
                 any_permanent |= f.kind == FailureKind::Permanent;
             }
         }
     }
-    if failed.is_empty() {
-        Disposition::Ack
-    } else if hold_on_outage && !any_permanent {
+    let done = done.union(prior_done);
+    if hold_on_outage && !any_permanent {
         Disposition::Hold { done }
     } else {
         Disposition::DeadLetter(DeadLetter {
@@ -125,6 +134,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::target::name;
 
     fn failed(kind: FailureKind, attempts: u32, last: &str) -> CallOutcome {
         CallOutcome::Failed(CallFailure {
@@ -135,26 +145,34 @@ mod tests {
     }
 
     const OK: CallOutcome = CallOutcome::Succeeded { attempts: 1 };
+    const DONE: CallOutcome = CallOutcome::AlreadyDone;
+
+    fn run(prior: &str, outcomes: &[(&str, CallOutcome)], hold: bool) -> Disposition {
+        let prior = TargetSet::parse_lenient(prior).0;
+        let rows: Vec<(TargetName, CallOutcome)> =
+            outcomes.iter().map(|(n, o)| (name(n), o.clone())).collect();
+        decide(&prior, rows.iter().map(|(n, o)| (n, o)), hold)
+    }
+
+    fn dead_letter(d: Disposition) -> DeadLetter {
+        match d {
+            Disposition::DeadLetter(dl) => dl,
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
-    fn both_succeed_acks() {
-        let d = decide(
-            TargetSet::empty(),
-            &[(Target::UserManagement, OK), (Target::Logging, OK)],
-            false,
-        );
+    fn all_succeed_acks() {
+        let d = run("", &[("user-management", OK), ("logging", OK)], false);
         assert_eq!(d, Disposition::Ack);
+        assert_eq!(run("", &[("only", OK)], false), Disposition::Ack);
     }
 
     #[test]
     fn already_done_counts_as_done() {
-        let prior: TargetSet = [Target::UserManagement].into_iter().collect();
-        let d = decide(
-            prior,
-            &[
-                (Target::UserManagement, CallOutcome::AlreadyDone),
-                (Target::Logging, OK),
-            ],
+        let d = run(
+            "user-management",
+            &[("user-management", DONE), ("logging", OK)],
             false,
         );
         assert_eq!(d, Disposition::Ack);
@@ -162,20 +180,15 @@ mod tests {
 
     #[test]
     fn failure_dead_letters_with_details() {
-        let d = decide(
-            TargetSet::empty(),
+        let d = run(
+            "",
             &[
-                (Target::UserManagement, OK),
-                (
-                    Target::Logging,
-                    failed(FailureKind::Transient, 3, "HTTP 503"),
-                ),
+                ("user-management", OK),
+                ("logging", failed(FailureKind::Transient, 3, "HTTP 503")),
             ],
             false,
         );
-        let Disposition::DeadLetter(dl) = d else {
-            panic!("{d:?}")
-        };
+        let dl = dead_letter(d);
         assert_eq!(dl.reason, Reason::ApiFailed);
         assert_eq!(dl.failed.to_string(), "logging");
         assert_eq!(dl.done.to_string(), "user-management");
@@ -187,24 +200,51 @@ mod tests {
     }
 
     #[test]
-    fn attempts_is_the_largest_and_singular_reads_well() {
-        let d = decide(
-            TargetSet::empty(),
+    fn three_targets_in_configured_order() {
+        let d = run(
+            "",
             &[
-                (
-                    Target::UserManagement,
-                    failed(FailureKind::Permanent, 1, "HTTP 400"),
-                ),
-                (
-                    Target::Logging,
-                    failed(FailureKind::Transient, 3, "timed out"),
-                ),
+                ("crm", OK),
+                ("billing", failed(FailureKind::Permanent, 1, "HTTP 400")),
+                ("audit", OK),
             ],
             false,
         );
-        let Disposition::DeadLetter(dl) = d else {
-            panic!()
-        };
+        let dl = dead_letter(d);
+        assert_eq!(dl.failed.to_string(), "billing");
+        assert_eq!(dl.done.to_string(), "crm,audit");
+        assert_eq!(dl.errors, vec!["billing: HTTP 400 after 1 attempt"]);
+    }
+
+    #[test]
+    fn unconfigured_prior_names_stay_in_the_record() {
+        let d = run(
+            "old,logging",
+            &[
+                ("logging", DONE),
+                ("new", failed(FailureKind::Transient, 2, "timed out")),
+            ],
+            false,
+        );
+        let dl = dead_letter(d);
+        assert_eq!(dl.done.to_string(), "logging,old");
+        assert_eq!(dl.failed.to_string(), "new");
+    }
+
+    #[test]
+    fn attempts_is_the_largest_and_singular_reads_well() {
+        let d = run(
+            "",
+            &[
+                (
+                    "user-management",
+                    failed(FailureKind::Permanent, 1, "HTTP 400"),
+                ),
+                ("logging", failed(FailureKind::Transient, 3, "timed out")),
+            ],
+            false,
+        );
+        let dl = dead_letter(d);
         assert_eq!(dl.attempts, 3);
         assert_eq!(dl.failed.to_string(), "user-management,logging");
         assert_eq!(dl.errors[0], "user-management: HTTP 400 after 1 attempt");
@@ -212,28 +252,31 @@ mod tests {
 
     #[test]
     fn hold_only_when_every_failure_is_transient() {
-        let prior: TargetSet = [Target::Logging].into_iter().collect();
-        let d = decide(
-            prior,
+        let d = run(
+            "logging",
             &[
                 (
-                    Target::UserManagement,
+                    "user-management",
                     failed(FailureKind::Transient, 3, "HTTP 503"),
                 ),
-                (Target::Logging, CallOutcome::AlreadyDone),
+                ("logging", DONE),
+                ("crm", OK),
             ],
             true,
         );
-        assert_eq!(d, Disposition::Hold { done: prior });
+        assert_eq!(
+            d,
+            Disposition::Hold {
+                done: TargetSet::parse_lenient("logging,crm").0
+            }
+        );
 
-        let d = decide(
-            TargetSet::empty(),
+        let d = run(
+            "",
             &[
-                (Target::UserManagement, OK),
-                (
-                    Target::Logging,
-                    failed(FailureKind::Permanent, 1, "HTTP 404"),
-                ),
+                ("user-management", OK),
+                ("logging", failed(FailureKind::Permanent, 1, "HTTP 404")),
+                ("crm", failed(FailureKind::Transient, 3, "HTTP 503")),
             ],
             true,
         );

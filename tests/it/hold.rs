@@ -75,3 +75,37 @@ async fn a_permanent_failure_dead_letters_even_under_hold() {
     worker.stop().await;
     assert_eq!(broker.drain(&broker.dlq).await.len(), 1);
 }
+
+#[tokio::test]
+async fn hold_with_three_targets_calls_only_the_one_that_was_down() {
+    let broker = Broker::new("hold3").await;
+    let (user, log, crm) = (
+        FakeApi::start().await,
+        FakeApi::start().await,
+        FakeApi::start().await,
+    );
+    // crm is down for the first two attempts (one message × two).
+    crm.then(Reply::status(503)).then(Reply::status(503));
+    let mut settings = fast_settings(&user, &log);
+    settings.push((
+        "BRIDGE_TARGETS".into(),
+        "user-management,crm,logging".into(),
+    ));
+    settings.push(("BRIDGE_TARGET_CRM_URL".into(), crm.url()));
+    settings.push(("BRIDGE_OUTAGE_POLICY".into(), "hold".into()));
+    settings.push(("BRIDGE_OUTAGE_PAUSE_MS".into(), "300".into()));
+    settings.push(("BRIDGE_MAX_ATTEMPTS".into(), "2".into()));
+    let worker = Worker::start(&broker, settings).await;
+
+    let props = BasicProperties::default().with_message_id("h3".into());
+    broker.publish(b"{}", props).await;
+    wait_until("held, then acked", Duration::from_secs(15), || {
+        let (held, acked) = (worker.count(Outcome::Held), worker.count(Outcome::Acked));
+        async move { held == 1 && acked == 1 }
+    })
+    .await;
+    worker.stop().await;
+
+    assert_eq!((user.count(), log.count(), crm.count()), (1, 1, 3));
+    assert_eq!(broker.depth(&broker.dlq).await, 0);
+}

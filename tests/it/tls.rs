@@ -17,7 +17,6 @@ use std::{
 use fanout_bridge::{
     app::Application,
     config::RawConfig,
-    domain::Target,
     metrics::{AttemptResult, Outcome},
 };
 use lapin::BasicProperties;
@@ -352,7 +351,7 @@ async fn https_api_with_an_unknown_ca_is_a_transient_failure_never_acked() {
         error.to_lowercase().contains("certificate"),
         "the error says why: {error}"
     );
-    let transient: u64 = [Target::UserManagement, Target::Logging]
+    let transient: u64 = ["user-management", "logging"]
         .into_iter()
         .map(|t| {
             worker

@@ -1,0 +1,155 @@
+//! Stricter settings, checked on the built binary: a setting the worker
+//! cannot honour exits 2 naming it, before anything binds or connects, and no
+//! secret (token, URL password) is ever printed.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+
+use crate::helpers::*;
+
+fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const URLS: [(&str, &str); 2] = [
+    ("BRIDGE_USER_API_URL", "http://127.0.0.1:9/users"),
+    ("BRIDGE_LOG_API_URL", "http://127.0.0.1:9/logs"),
+];
+
+/// Runs `run` with the two URLs and `extra` (replacing a URL of the same
+/// name); asserts exit 2 naming `variable` and not showing `secret`.
+async fn refused(extra: &[(&str, &str)], variable: &str, secret: &str) {
+    let mut pairs: Vec<(&str, &str)> = URLS
+        .iter()
+        .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+        .copied()
+        .collect();
+    pairs.extend_from_slice(extra);
+    let (code, stdout, stderr) = run_bin(&["run"], &vars(&pairs), b"").await;
+    assert_eq!(code, 2, "{extra:?}: {stderr}");
+    assert!(
+        stderr.contains(variable),
+        "{variable} not named in: {stderr}"
+    );
+    if !secret.is_empty() {
+        assert!(
+            !stderr.contains(secret) && !stdout.contains(secret),
+            "secret printed: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_that_cannot_be_a_header_exits_2_before_binding_or_connecting() {
+    // The metrics port is taken and the broker unreachable: had the worker
+    // bound or connected first, it would exit 1 or keep retrying.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let closed = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
+    for (variable, token) in [
+        ("BRIDGE_USER_API_TOKEN", "abc\ndef-hunter2"),
+        ("BRIDGE_LOG_API_TOKEN", "abc\r\nX-Injected: hunter2"),
+        ("BRIDGE_USER_API_TOKEN", "del\u{7f}hunter2"),
+    ] {
+        refused(
+            &[
+                (variable, token),
+                ("BRIDGE_METRICS_ADDR", &addr),
+                ("BRIDGE_AMQP_URL", &closed),
+            ],
+            variable,
+            "hunter2",
+        )
+        .await;
+    }
+    refused(
+        &[
+            ("BRIDGE_TARGETS", "crm"),
+            ("BRIDGE_TARGET_CRM_URL", "http://127.0.0.1:9/"),
+            ("BRIDGE_TARGET_CRM_TOKEN", "x\ny-hunter2"),
+            ("BRIDGE_METRICS_ADDR", &addr),
+        ],
+        "BRIDGE_TARGET_CRM_TOKEN",
+        "hunter2",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_url_password_is_never_in_a_configuration_error() {
+    for (variable, value) in [
+        ("BRIDGE_USER_API_URL", "ftp://user:hunter2@host/x"),
+        ("BRIDGE_USER_API_URL", "http://user:hunter2@/x"),
+        ("BRIDGE_LOG_API_URL", "http://user:hunter2@host:99999/x"),
+        (
+            "BRIDGE_AMQP_URL",
+            "amqp://user:hunter2@127.0.0.1/?heartbeat=ten",
+        ),
+        ("BRIDGE_AMQP_URL", "amqp:user:hunter2@host"),
+    ] {
+        refused(&[(variable, value)], variable, "hunter2").await;
+    }
+}
+
+#[tokio::test]
+async fn a_url_password_is_never_logged() {
+    let broker = Broker::new("urlpw").await;
+    let log = FakeApi::start().await;
+    let refused_port = free_port();
+    let settings = vars(&[
+        (
+            "BRIDGE_USER_API_URL",
+            &format!("http://user:hunter2@127.0.0.1:{refused_port}/x"),
+        ),
+        ("BRIDGE_LOG_API_URL", &log.url()),
+        ("BRIDGE_MAX_ATTEMPTS", "2"),
+        ("BRIDGE_RETRY_BACKOFF_MS", "10"),
+        ("RUST_LOG", "debug"),
+    ]);
+    let process = Process::start(&broker, settings).await;
+    broker.publish(b"{}", BasicProperties::default()).await;
+    broker
+        .wait_depth(&broker.dlq, 1, Duration::from_secs(15))
+        .await;
+    let d = &broker.drain(&broker.dlq).await[0];
+    let error = header_text(d, "x-bridge-error").unwrap();
+    assert!(error.contains("connection failed"), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
+    let text = process.log_text();
+    assert!(text.contains("API attempt failed"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test]
+async fn the_dlq_equal_to_the_queue_exits_2() {
+    refused(
+        &[("BRIDGE_QUEUE", "same.q"), ("BRIDGE_DLQ", "same.q")],
+        "BRIDGE_DLQ",
+        "",
+    )
+    .await;
+    // The broker tools refuse it too.
+    let pairs = vars(&[("BRIDGE_DLQ", "bridge.inbound")]);
+    let (code, _, stderr) = run_bin(&["dlq", "stats"], &pairs, b"").await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("BRIDGE_DLQ"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_duration_the_worker_cannot_honour_exits_2() {
+    for (variable, value) in [
+        ("BRIDGE_OUTAGE_PAUSE_MS", "18446744073709551615"),
+        ("BRIDGE_OUTAGE_PAUSE_MS", "86400001"),
+        ("BRIDGE_SHUTDOWN_GRACE_MS", "18446744073709551615"),
+        ("BRIDGE_HTTP_TIMEOUT_MS", "600001"),
+        ("BRIDGE_HTTP_TIMEOUT_MS", "0"),
+        ("BRIDGE_RETRY_BACKOFF_MS", "18446744073709551615"),
+        ("BRIDGE_USER_API_RATE_LIMIT", "4294967295"),
+    ] {
+        refused(&[(variable, value)], variable, "").await;
+    }
+}
