@@ -31,12 +31,21 @@ impl Requests {
     }
 }
 
-/// Why a message's properties cannot be sent as HTTP headers.
+/// Why a message's id cannot be its Idempotency-Key.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "message_id {0:?} contains control characters and cannot be sent as the Idempotency-Key header"
-)]
-pub struct UnsendableId(pub String);
+pub enum UnsendableId {
+    #[error(
+        "message_id {0:?} contains control characters and cannot be sent as the Idempotency-Key header"
+    )]
+    ControlCharacters(String),
+    /// The AMQP parser (patches/amq-protocol-types) reads bytes that are not
+    /// UTF-8 as U+FFFD, so two different ids on the wire could read the same
+    /// here: as a key, an API that drops duplicates could drop the wrong one.
+    #[error(
+        "message_id {0:?} is not valid UTF-8 on the wire; it cannot be a reliable Idempotency-Key"
+    )]
+    NotUtf8(String),
+}
 
 impl Requests {
     /// Builds the requests of `msg`. `json` is the trimmed JSON text of the
@@ -55,8 +64,16 @@ impl Requests {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         // from_bytes, not from_str: a non-ASCII id travels as its UTF-8 bytes
         // (obs-text) rather than being refused.
+        if msg.message_id_from_property
+            && msg
+                .message_id
+                .as_str()
+                .contains(char::REPLACEMENT_CHARACTER)
+        {
+            return Err(UnsendableId::NotUtf8(msg.message_id.to_string()));
+        }
         let key = HeaderValue::from_bytes(msg.message_id.as_str().as_bytes())
-            .map_err(|_| UnsendableId(msg.message_id.to_string()))?;
+            .map_err(|_| UnsendableId::ControlCharacters(msg.message_id.to_string()))?;
         headers.insert(IDEMPOTENCY_KEY.clone(), key);
         for (name, value) in [
             (&CORRELATION_ID, &msg.correlation_id),

@@ -64,26 +64,6 @@ pub fn inbound_message(props: &BasicProperties, body: Bytes) -> (InboundMessage,
     (msg, unknown)
 }
 
-/// The properties that the worker sends on (`message_id` as the
-/// Idempotency-Key, `type` as the event name, `correlation_id`) and whose
-/// value holds U+FFFD: the AMQP parser (patches/amq-protocol-types) puts it
-/// in place of bytes that were not UTF-8, so two different values on the
-/// wire can read the same here (a legitimate U+FFFD in a value reads alike).
-pub fn replaced_characters(props: &BasicProperties) -> Vec<&'static str> {
-    [
-        ("message_id", props.message_id()),
-        ("type", props.kind()),
-        ("correlation_id", props.correlation_id()),
-    ]
-    .into_iter()
-    .filter(|(_, v)| {
-        v.as_ref()
-            .is_some_and(|s| s.as_str().contains(char::REPLACEMENT_CHARACTER))
-    })
-    .map(|(name, _)| name)
-    .collect()
-}
-
 fn to_amqp(value: HeaderValue) -> AMQPValue {
     match value {
         HeaderValue::Text(s) => AMQPValue::LongString(LongString::from(s)),
@@ -282,19 +262,6 @@ mod tests {
             Some("invalid_payload")
         );
         assert_eq!(header_int(h, "x-bridge-attempts"), Some(0));
-    }
-
-    #[test]
-    fn names_properties_decoded_lossily() {
-        let props = BasicProperties::default()
-            .with_message_id("id-\u{FFFD}".into())
-            .with_type("user.registered".into())
-            .with_correlation_id("\u{FFFD}".into());
-        assert_eq!(
-            replaced_characters(&props),
-            vec!["message_id", "correlation_id"]
-        );
-        assert!(replaced_characters(&BasicProperties::default()).is_empty());
     }
 
     #[test]
