@@ -6,9 +6,11 @@ mod helpers;
 
 mod cli;
 mod dead_letter;
+mod dlq_gone;
 mod fanout;
 mod faults;
 mod hold;
+mod nodes;
 mod observability;
 mod process;
 mod rate_limit;
