@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod big_headers;
 mod cli;
 mod dead_letter;
 mod dlq_gone;
