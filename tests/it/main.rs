@@ -6,6 +6,7 @@ mod helpers;
 
 mod big_headers;
 mod cli;
+mod confirms;
 mod dead_letter;
 mod dlq_gone;
 mod fanout;
