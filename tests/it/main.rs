@@ -15,6 +15,8 @@ mod hold;
 mod nodes;
 mod observability;
 mod process;
+mod quorum;
 mod rate_limit;
 mod replay;
 mod retry;
+mod slow_api;
