@@ -14,6 +14,7 @@ mod faults;
 mod hold;
 mod nodes;
 mod observability;
+mod panics;
 mod process;
 mod quorum;
 mod rate_limit;
