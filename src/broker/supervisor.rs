@@ -478,7 +478,11 @@ impl Supervisor {
             // gets a fresh prefetch window: they may still finish (and hold
             // their messages with the targets done so far) for a moment, then
             // what they still hold goes back to the queue.
-            tasks.finish(HOLD_FINISH_GRACE).await;
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return End::Shutdown,
+                () = tasks.finish(HOLD_FINISH_GRACE) => {}
+            }
             info!("outage pause over: taking messages again");
         }
     }
