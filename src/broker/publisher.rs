@@ -195,6 +195,12 @@ impl Publisher {
     /// Sends without waiting for the confirm, for callers that pipeline many
     /// publishes; pass the result to [`Publisher::confirmed`].
     ///
+    /// Pipelined publishes share one channel, so a `basic.return` may be
+    /// reported on another publish of the same batch (see [`Publisher`]):
+    /// the number of returned publishes is right, which ones is not. A
+    /// caller that acts per message on the result (remove this one from the
+    /// DLQ) should use [`Publisher::publish`] instead.
+    ///
     /// # Errors
     /// When the publish could not be sent.
     pub async fn send(
