@@ -18,6 +18,7 @@ pub fn init(format: LogFormat, default: &str) {
 /// lines only; the extra layer has its own filter.
 pub fn init_with(format: LogFormat, default: &str, extra: Option<crate::otel::OtelLayer>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = never_logged(filter);
     let lines = fmt::layer().with_writer(std::io::stderr).with_ansi(colour(
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR"),
@@ -34,6 +35,17 @@ pub fn init_with(format: LogFormat, default: &str, extra: Option<crate::otel::Ot
     };
     let layers: Vec<crate::otel::OtelLayer> = std::iter::once(lines).chain(extra).collect();
     let _ = tracing_subscriber::registry().with(layers).try_init();
+}
+
+/// Silences what must never reach a log whatever `RUST_LOG` says: lapin logs
+/// every message the broker returns as unroutable, body included, at `warn`
+/// (`lapin::returned_messages`). A directive added last wins over the user's
+/// for the same target.
+pub fn never_logged(filter: EnvFilter) -> EnvFilter {
+    match "lapin::returned_messages=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
 }
 
 /// Colour only for a person at a terminal: escape codes in a file, a pipe or

@@ -610,7 +610,7 @@ async fn ensure_inbound_queue(session: &Session, broker_cfg: &BrokerConfig) -> a
     };
     broker::close_channel(&scratch).await;
     if !exists {
-        topology::declare(&session.channel, &broker_cfg.queue, broker_cfg.queue_type)
+        topology::declare_inbound(&session.channel, broker_cfg)
             .await
             .context("declaring the inbound queue to replay to")?;
     }

@@ -1,25 +1,32 @@
 //! Integration tests: the real RabbitMQ (BRIDGE_TEST_AMQP_URL, default
-//! 127.0.0.1:5672), real HTTP servers playing the two APIs, queue names
-//! unique per test.
+//! 127.0.0.1:5672), real HTTP servers playing the APIs, queue names unique
+//! per test.
 
 mod helpers;
 
+mod big_headers;
 mod cli;
 mod cli_scripts;
+mod confirms;
 mod dead_letter;
+mod dlq_gone;
 mod dlq_quorum;
 mod fanout;
 mod faults;
 mod hold;
 mod http;
+mod nodes;
 mod observability;
 mod otel;
+mod panics;
 mod poison;
 mod process;
+mod quorum;
 mod rate_limit;
 mod raw_amqp;
 mod replay;
 mod retry;
 mod settings;
+mod slow_api;
 mod targets;
 mod tls;
