@@ -175,15 +175,14 @@ await_node() {
     die "node $n did not boot within ${BOOT_TIMEOUT}s (logs in $DIR/$n/log)"
 }
 
-# Running nodes as node $1 sees them, one per line.
-running_nodes() {
+# Node names in the JSON list $2 of `cluster_status --formatter json` as
+# node $1 sees it, one per line (no jq needed).
+status_list() {
     ctl -q -n "$1@localhost" cluster_status --formatter json 2>/dev/null |
-        jq -r '.running_nodes[]' 2>/dev/null || true
+        grep -o "\"$2\":\\[[^]]*\\]" | grep -o 'c[0-9]@localhost' || true
 }
-disk_nodes() {
-    ctl -q -n "$1@localhost" cluster_status --formatter json 2>/dev/null |
-        jq -r '.disk_nodes[]' 2>/dev/null || true
-}
+running_nodes() { status_list "$1" running_nodes; }
+disk_nodes() { status_list "$1" disk_nodes; }
 
 # Waits until node $1 sees all three nodes running.
 await_cluster() {
@@ -303,9 +302,10 @@ cmd_leader() {
     local q="${1:-}" n
     [ -n "$q" ] || die "usage: $0 leader QUEUE"
     n="$(first_running)" || die "no node is running"
+    # One JSON object per member: {"Node Name":"c1@localhost","Raft State":"leader",...}
     queues -q -n "$n@localhost" quorum_status "$q" --formatter json |
-        jq -r '.[] | select(.["Raft State"] == "leader") | .["Node Name"]' |
-        grep . || die "no leader for $q"
+        grep '"Raft State":"leader"' | grep -o '"Node Name":"[^"]*"' | cut -d'"' -f4 | grep . ||
+        die "no leader for $q"
 }
 
 cmd_urls() {
