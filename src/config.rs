@@ -14,13 +14,6 @@ use url::Url;
 
 pub const PREFIX: &str = "BRIDGE_";
 
-/// The largest AMQP frame proposed when `BRIDGE_AMQP_URL` does not set one.
-/// lapin sizes its I/O buffers at 32 frames, two per connection and two
-/// connections per worker: at RabbitMQ's 128 KiB that is 16 MiB of RSS, at
-/// 16 KiB 2 MiB. Larger messages are split into more frames, which costs
-/// nothing measurable (BENCHMARK.md).
-pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
-
 /// The heartbeat used when `BRIDGE_AMQP_URL` does not set one: a dead broker is
 /// noticed within seconds rather than at the next TCP timeout.
 pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
@@ -135,8 +128,12 @@ pub enum LogFormat {
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
     /// Parsed URL with the heartbeat defaulted; it holds the password, so it is
-    /// kept as a secret and only its host is ever logged.
+    /// kept as a secret and only its host is ever logged. The first of
+    /// `nodes`, for code that needs one URL (its scheme, its TLS settings).
     pub uri: AmqpUri,
+    /// Every node of `BRIDGE_AMQP_URL` (one or more, in the given order);
+    /// connections start at a random one and move on to the next.
+    pub nodes: Vec<AmqpUri>,
     pub queue: String,
     pub dlq: String,
     pub queue_type: QueueType,
@@ -160,6 +157,14 @@ impl fmt::Debug for AmqpUri {
             self.0.authority.port,
             self.0.vhost
         )
+    }
+}
+
+impl AmqpUri {
+    /// `host:port`, the name of this node in logs and metrics (no
+    /// credentials).
+    pub fn node(&self) -> String {
+        format!("{}:{}", self.0.authority.host, self.0.authority.port)
     }
 }
 
@@ -265,10 +270,58 @@ fn amqp_uri(s: &str) -> Result<AmqpUri, String> {
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
     }
-    if uri.query.frame_max.is_none() {
-        uri.query.frame_max = Some(DEFAULT_FRAME_MAX);
-    }
+    // No frame_max unless the URL sets one: lapin then takes the broker's
+    // (RabbitMQ: 128 KiB). A smaller one breaks on big headers, because a
+    // header frame is never split: lapin closes the connection on it and the
+    // message is redelivered forever.
     Ok(AmqpUri(uri))
+}
+
+/// `BRIDGE_AMQP_URL`: one URL, or a comma-separated list of the nodes of one
+/// cluster.
+fn amqp_uris(s: &str) -> Result<Vec<AmqpUri>, String> {
+    let mut nodes = Vec::new();
+    for (i, part) in s.split(',').map(str::trim).enumerate() {
+        if part.is_empty() {
+            return Err(format!("URL number {} of the list is empty", i + 1));
+        }
+        nodes.push(amqp_uri(part)?);
+    }
+    Ok(nodes)
+}
+
+/// The passwords inside an AMQP URL list (for scrubbing error texts).
+fn amqp_passwords(s: &str) -> Vec<&str> {
+    s.split(',')
+        .filter_map(|part| {
+            let rest = &part[part.find("://")? + 3..];
+            let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+            let userinfo = &authority[..authority.rfind('@')?];
+            let password = &userinfo[userinfo.find(':')? + 1..];
+            (!password.is_empty()).then_some(password)
+        })
+        .collect()
+}
+
+/// `s` with every password of the AMQP URL list `raw` replaced by `***`:
+/// configuration errors quote the value, and must never print a password.
+fn redact_amqp(s: &str, raw: &str) -> String {
+    let mut passwords = amqp_passwords(raw);
+    // Longest first, so a password containing another is replaced whole.
+    passwords.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    passwords
+        .into_iter()
+        .fold(s.to_owned(), |out, p| out.replace(p, "***"))
+}
+
+/// [`parse_or`] for `BRIDGE_AMQP_URL`, whose value and parse errors are
+/// quoted with the passwords redacted.
+fn amqp_setting(value: &Option<String>) -> Result<Vec<AmqpUri>, String> {
+    match present(value) {
+        None => amqp_uris("amqp://guest:guest@127.0.0.1:5672/%2f"),
+        Some(s) => amqp_uris(s)
+            .map_err(|why| redact_amqp(&format!("{PREFIX}AMQP_URL={s:?} is not valid: {why}"), s)),
+    }
 }
 
 fn http_url(s: &str) -> Result<Url, String> {
@@ -311,12 +364,7 @@ const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", 
 
 impl RawConfig {
     fn broker(&self, p: &mut Problems) -> Option<BrokerConfig> {
-        let uri = p.check(parse_or(
-            "AMQP_URL",
-            &self.amqp_url,
-            amqp_uri("amqp://guest:guest@127.0.0.1:5672/%2f").ok()?,
-            amqp_uri,
-        ));
+        let nodes = p.check(amqp_setting(&self.amqp_url));
         let queue = p.check(parse_or(
             "QUEUE",
             &self.queue,
@@ -335,8 +383,10 @@ impl RawConfig {
             QueueType::Classic,
             one_of(QUEUE_TYPES),
         ));
+        let nodes = nodes?;
         Some(BrokerConfig {
-            uri: uri?,
+            uri: nodes.first()?.clone(),
+            nodes,
             queue: queue?,
             dlq: dlq?,
             queue_type: queue_type?,
@@ -500,7 +550,8 @@ mod tests {
         assert_eq!(c.broker.uri.0.authority.port, 5672);
         assert_eq!(c.broker.uri.0.vhost, "/");
         assert_eq!(c.broker.uri.0.query.heartbeat, Some(10));
-        assert_eq!(c.broker.uri.0.query.frame_max, Some(16 * 1024));
+        assert_eq!(c.broker.uri.0.query.frame_max, None, "the broker's");
+        assert_eq!(c.broker.nodes.len(), 1);
         assert_eq!(c.prefetch, 64);
         assert_eq!(c.http_timeout, Duration::from_secs(10));
         assert_eq!(c.max_attempts.get(), 3);
@@ -573,6 +624,33 @@ mod tests {
         );
         assert_eq!(c.broker.uri.0.query.heartbeat, Some(3));
         assert_eq!(c.broker.queue_type, QueueType::Quorum);
+    }
+
+    #[test]
+    fn amqp_url_lists_and_redaction() {
+        let c = raw(&[(
+            "BRIDGE_AMQP_URL",
+            "amqp://u:p1@a:5681/%2f, amqp://u:p2@b:5682/%2f?frame_max=65536",
+        )])
+        .broker_config()
+        .unwrap();
+        let nodes: Vec<_> = c.nodes.iter().map(AmqpUri::node).collect();
+        assert_eq!(nodes, ["a:5681", "b:5682"]);
+        assert_eq!(c.nodes[1].0.query.frame_max, Some(65536));
+        assert_eq!(c.nodes[1].0.query.heartbeat, Some(10));
+        for bad in [
+            "amqp://u:secret@h/?heartbeat=ten",
+            "amqp://guest:guest@h/,amqp://u:secret@h2/?frame_max=x",
+            "amqp://u:secret@h/,",
+            "http://u:secret@h/",
+        ] {
+            let e = raw(&[("BRIDGE_AMQP_URL", bad)])
+                .broker_config()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("BRIDGE_AMQP_URL"), "{e}");
+            assert!(!e.contains("secret"), "{bad}: {e}");
+        }
     }
 
     #[test]

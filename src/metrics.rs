@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::domain::Target;
@@ -78,6 +78,9 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub broker_connected: IntGauge,
     pub dlq_depth: IntGauge,
+    /// `bridge_broker_node_info{node}`: 1 for the node connected to, no
+    /// series while disconnected.
+    broker_node: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -140,6 +143,28 @@ impl Metrics {
             "Messages waiting in the dead-letter queue (refreshed every few seconds).",
         )
         .expect("valid metric");
+        let broker_node = IntGaugeVec::new(
+            Opts::new(
+                "bridge_broker_node_info",
+                "1 for the broker node (host:port) this worker is connected to.",
+            ),
+            &["node"],
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("bridge_build_info", "1, labelled with the version running."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry
+            .register(Box::new(broker_node.clone()))
+            .expect("unique metric names");
+        registry
+            .register(Box::new(build_info))
+            .expect("unique metric names");
         for c in [
             Box::new(messages_vec.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(api_requests.clone()),
@@ -163,6 +188,16 @@ impl Metrics {
             in_flight,
             broker_connected,
             dlq_depth,
+            broker_node,
+        }
+    }
+
+    /// Records the node connected to (`None`: disconnected); the previous
+    /// node's series goes away, so only one node is ever 1.
+    pub fn set_broker_node(&self, node: Option<&str>) {
+        self.broker_node.reset();
+        if let Some(node) = node {
+            self.broker_node.with_label_values(&[node]).set(1);
         }
     }
 
@@ -220,8 +255,24 @@ mod tests {
             "# TYPE bridge_messages_in_flight gauge",
             "# TYPE bridge_broker_connected gauge",
             "# TYPE bridge_dead_letter_queue_depth gauge",
+            "bridge_build_info{version=\"",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn node_info_names_only_the_current_node() {
+        let m = Metrics::new();
+        m.set_broker_node(Some("a:5672"));
+        m.set_broker_node(Some("b:5672"));
+        let text = m.render();
+        assert!(
+            text.contains("bridge_broker_node_info{node=\"b:5672\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("a:5672"), "{text}");
+        m.set_broker_node(None);
+        assert!(!m.render().contains("b:5672"));
     }
 }

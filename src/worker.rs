@@ -167,7 +167,10 @@ impl Worker {
             Disposition::DeadLetter(dl) => {
                 let headers = dead_letter::headers(&dl, time::OffsetDateTime::now_utc());
                 let props = fields::dead_letter_properties(props, msg, headers);
-                match publisher.publish(&self.dlq, &msg.body, props).await {
+                match publisher
+                    .publish_dead_letter(&self.dlq, &msg.body, props)
+                    .await
+                {
                     Ok(()) => ack(acker, Outcome::DeadLettered).await,
                     Err(e) => {
                         warn!(error = %e, dlq = %self.dlq, "dead-letter publish not confirmed; requeueing the message");
@@ -198,6 +201,7 @@ fn millis(d: Duration) -> f64 {
 }
 
 async fn ack(acker: &Acker, outcome: Outcome) -> Outcome {
+    crate::broker::supervisor::settling();
     match acker.ack(BasicAckOptions::default()).await {
         Ok(true) => outcome,
         // The channel is gone: this delivery's tag is void and the broker
@@ -219,6 +223,7 @@ async fn requeue(acker: &Acker) -> Outcome {
         requeue: true,
         ..BasicNackOptions::default()
     };
+    crate::broker::supervisor::settling();
     if let Err(e) = acker.nack(nack).await {
         warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
     }

@@ -13,6 +13,8 @@ use lapin::{
     Connection, ConnectionProperties, ErrorKind,
 };
 
+use tracing::debug;
+
 use crate::config::BrokerConfig;
 
 /// How long one connection attempt may take before it counts as failed (an
@@ -65,16 +67,81 @@ pub fn is_not_found(e: &lapin::Error) -> bool {
         if matches!(err.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
 }
 
-/// Opens a connection named after its role (visible in the management UI).
+/// A connection and the node (`host:port`) it reached.
+pub struct Connected {
+    pub conn: Connection,
+    /// Index into [`BrokerConfig::nodes`].
+    pub index: usize,
+    pub node: String,
+}
+
+/// A random node to start at, so replicas spread over a cluster's nodes.
+pub fn random_node(cfg: &BrokerConfig) -> usize {
+    rand::Rng::gen_range(&mut rand::thread_rng(), 0..cfg.nodes.len().max(1))
+}
+
+/// Opens a connection named after its role (visible in the management UI),
+/// trying each node once, from a random one on.
 ///
 /// # Errors
-/// When the broker cannot be reached or refuses us within [`CONNECT_TIMEOUT`].
+/// When no node can be reached or accepts us within [`CONNECT_TIMEOUT`].
 pub async fn connect(cfg: &BrokerConfig, role: &str) -> Result<Connection, BrokerError> {
+    connect_from(cfg, random_node(cfg), role)
+        .await
+        .map(|c| c.conn)
+}
+
+/// Tries the nodes in turn, starting at `start`, one round; returns the first
+/// connection made, or the last error.
+///
+/// # Errors
+/// When no node can be reached.
+pub async fn connect_from(
+    cfg: &BrokerConfig,
+    start: usize,
+    role: &str,
+) -> Result<Connected, BrokerError> {
+    let n = cfg.nodes.len();
+    let mut last = BrokerError::Timeout("connecting to the broker (no node configured)");
+    for i in 0..n {
+        let index = (start + i) % n;
+        match connect_node(cfg, index, role).await {
+            Ok(conn) => {
+                return Ok(Connected {
+                    conn,
+                    index,
+                    node: cfg.nodes[index].node(),
+                })
+            }
+            Err(e) => {
+                // The node's address, never its URL: that holds the password.
+                debug!(node = %cfg.nodes[index].node(), error = %e, "broker node unreachable");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Connects to one node of the list.
+///
+/// # Errors
+/// When it cannot be reached or refuses us within [`CONNECT_TIMEOUT`].
+pub async fn connect_node(
+    cfg: &BrokerConfig,
+    index: usize,
+    role: &str,
+) -> Result<Connection, BrokerError> {
+    let Some(uri) = cfg.nodes.get(index) else {
+        return Err(BrokerError::Timeout(
+            "connecting to the broker (no such node)",
+        ));
+    };
     let props = ConnectionProperties::default()
         .with_connection_name(format!("fanout-bridge {role} (pid {})", std::process::id()).into());
     tokio::time::timeout(
         CONNECT_TIMEOUT,
-        Connection::connect_uri(cfg.uri.0.clone(), props),
+        Connection::connect_uri(uri.0.clone(), props),
     )
     .await
     .map_err(|_| BrokerError::Timeout("connecting to the broker"))?

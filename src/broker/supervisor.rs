@@ -16,7 +16,10 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, warn};
 
-use super::{close, close_channel, connect, publisher::Publisher, topology, BrokerError};
+use super::{
+    close, close_channel, connect_from, connect_node, publisher::Publisher, random_node, topology,
+    BrokerError,
+};
 use crate::{
     api::backoff::Backoff, config::BrokerConfig, metrics::Metrics, ops::Health, worker::Worker,
 };
@@ -25,7 +28,21 @@ use crate::{
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 /// How often the connections are checked and the DLQ depth refreshed.
 const TICK: Duration = Duration::from_secs(1);
-const DLQ_DEPTH_EVERY_TICKS: u32 = 5;
+/// How often the DLQ depth gauge is refreshed, by a task of its own so no
+/// broker call of it can hold up the consume loop.
+const DLQ_DEPTH_EVERY: Duration = Duration::from_secs(5);
+/// Bounds every broker call made on the consume path (consume, cancel, nack,
+/// opening a channel): none may wait for ever on a broker that stopped
+/// answering.
+const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds opening a session (connect, declare, QoS, publisher).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long abandoned delivery tasks are waited for before consuming again
+/// (they stop at their next await; this is a safety net).
+const ABANDON_WAIT: Duration = Duration::from_secs(5);
+/// After a hold pause, how long the old consumer's deliveries may still
+/// finish before they are abandoned and the new consumer starts.
+const HOLD_FINISH_GRACE: Duration = Duration::from_secs(5);
 /// How long deliveries already sent to a cancelled consumer are waited for.
 const CANCEL_DRAIN: Duration = Duration::from_secs(2);
 /// Bounds the wait for a publisher confirm.
@@ -44,15 +61,20 @@ pub struct Supervisor {
     pub tracker: TaskTracker,
 }
 
-/// One generation of broker connections.
+/// One generation of broker connections, on one node.
 struct Session {
     consume_conn: Connection,
     channel: Channel,
-    publish_conn: Connection,
+    publish_conn: Arc<Connection>,
     publisher: Arc<Publisher>,
-    /// For passive declares of the DLQ: a 404 there must not close the
-    /// publishing channel.
-    stats: Option<Channel>,
+    /// Index into the configured nodes, and its `host:port`.
+    index: usize,
+    node: String,
+    /// Cancelled when the session ends: every delivery task of it abandons
+    /// its work (their acks could no longer be sent, and the redelivered
+    /// copies are about to be processed again), and the DLQ-depth task stops.
+    token: CancellationToken,
+    depth_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 enum End {
@@ -60,10 +82,23 @@ enum End {
     Fault(String),
 }
 
+async fn within<T>(
+    what: &'static str,
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| BrokerError::Timeout(what))?
+}
+
 impl Session {
-    async fn open(cfg: &BrokerConfig, prefetch: u16) -> Result<Session, BrokerError> {
-        let consume_conn = connect(cfg, "consumer").await?;
-        let rest = async {
+    /// Connects to the first node that answers, from `start` on, and opens
+    /// everything else on that same node.
+    async fn open(cfg: &BrokerConfig, prefetch: u16, start: usize) -> Result<Session, BrokerError> {
+        let connected = connect_from(cfg, start, "consumer").await?;
+        let (consume_conn, index, node) = (connected.conn, connected.index, connected.node);
+        let rest = within("opening the session", OPEN_TIMEOUT, async {
             let channel = consume_conn
                 .create_channel()
                 .await
@@ -73,15 +108,15 @@ impl Session {
                 .basic_qos(prefetch, BasicQosOptions { global: false })
                 .await
                 .map_err(BrokerError::amqp("setting the prefetch"))?;
-            let publish_conn = connect(cfg, "publisher").await?;
-            match Publisher::open(&publish_conn, CONFIRM_TIMEOUT).await {
+            let publish_conn = Arc::new(connect_node(cfg, index, "publisher").await?);
+            match Publisher::pooled(Arc::clone(&publish_conn), cfg.clone(), CONFIRM_TIMEOUT).await {
                 Ok(p) => Ok((channel, publish_conn, p)),
                 Err(e) => {
                     close(&publish_conn).await;
                     Err(e)
                 }
             }
-        }
+        })
         .await;
         match rest {
             Ok((channel, publish_conn, publisher)) => Ok(Session {
@@ -89,7 +124,10 @@ impl Session {
                 channel,
                 publish_conn,
                 publisher: Arc::new(publisher),
-                stats: None,
+                index,
+                node,
+                token: CancellationToken::new(),
+                depth_task: None,
             }),
             Err(e) => {
                 close(&consume_conn).await;
@@ -113,15 +151,122 @@ impl Session {
         }
     }
 
-    async fn close(&self) {
-        if let Some(stats) = &self.stats {
-            close_channel(stats).await;
+    async fn close(&mut self) {
+        self.token.cancel();
+        if let Some(task) = self.depth_task.take() {
+            let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, task).await;
         }
+        self.publisher.close_pool().await;
         close_channel(self.publisher.channel()).await;
         close_channel(&self.channel).await;
         close(&self.consume_conn).await;
         close(&self.publish_conn).await;
     }
+}
+
+/// The deliveries of one consumer: cancelled (and waited for) when the
+/// consumer is replaced, so at no moment do two consumers' deliveries add up
+/// past the prefetch.
+struct ConsumerTasks {
+    token: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl ConsumerTasks {
+    fn new(session: &Session) -> Self {
+        ConsumerTasks {
+            token: session.token.child_token(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Lets the tasks finish on their own for up to `grace` (their channel
+    /// is alive and no consumer takes new messages meanwhile), then abandons
+    /// the rest.
+    async fn finish(self, grace: Duration) {
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        self.abandon().await;
+    }
+
+    /// Makes every task still running drop its work (handing its message
+    /// back if the channel is still open) and waits for them to end.
+    async fn abandon(self) {
+        self.token.cancel();
+        self.tasks.close();
+        let running = self.tasks.len();
+        if running > 0 {
+            debug!(running, "abandoning the deliveries of a replaced consumer");
+        }
+        if tokio::time::timeout(ABANDON_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                running = self.tasks.len(),
+                "abandoned deliveries did not stop in time"
+            );
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The in-flight slot of the delivery this task handles.
+    static IN_FLIGHT: InFlight;
+}
+
+/// One delivery's count in `bridge_messages_in_flight`, released exactly
+/// once: when its ack or nack is about to be sent (after that the broker may
+/// already deliver the next message, which must find the slot free), or at
+/// the latest when its task ends.
+struct InFlight {
+    gauge: prometheus::IntGauge,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl InFlight {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        InFlight {
+            gauge,
+            released: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn release(&self) {
+        if !self
+            .released
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.gauge.dec();
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Called by the delivery task just before it sends its ack or nack: the
+/// message leaves `bridge_messages_in_flight` then, not after the ack's round
+/// trip. A no-op outside a delivery task.
+pub fn settling() {
+    let _ = IN_FLIGHT.try_with(InFlight::release);
+}
+
+const REQUEUE: BasicNackOptions = BasicNackOptions {
+    multiple: false,
+    requeue: true,
+};
+
+/// Hands a delivery back to the queue. `Ok(true)` when the nack was sent.
+async fn hand_back(acker: &lapin::Acker) -> bool {
+    matches!(
+        tokio::time::timeout(BROKER_CALL_TIMEOUT, acker.nack(REQUEUE)).await,
+        Ok(Ok(true))
+    )
 }
 
 impl Supervisor {
@@ -134,17 +279,23 @@ impl Supervisor {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BrokerError> {
         let mut failures = 0u32;
         let mut ever_started = false;
+        // A random first node spreads replicas over a cluster; after a failed
+        // attempt or a lost session the next one starts one node further.
+        let mut next = random_node(&self.broker);
         while !shutdown.is_cancelled() {
             let opened = tokio::select! {
-                r = Session::open(&self.broker, self.prefetch) => r,
+                r = Session::open(&self.broker, self.prefetch, next) => r,
                 () = shutdown.cancelled() => break,
             };
             match opened {
                 Ok(mut session) => {
                     ever_started = true;
                     failures = 0;
+                    next = session.index + 1;
                     self.health.set_connected(true);
-                    info!(queue = %self.broker.queue, dlq = %self.broker.dlq, prefetch = self.prefetch, "connected to the broker");
+                    self.metrics.set_broker_node(Some(&session.node));
+                    info!(node = %session.node, queue = %self.broker.queue, dlq = %self.broker.dlq, prefetch = self.prefetch, "connected to the broker");
+                    session.depth_task = Some(self.spawn_dlq_depth(&session));
                     let end = self.consume(&mut session, &shutdown).await;
                     self.health.set_consuming(false);
                     match end {
@@ -152,18 +303,23 @@ impl Supervisor {
                             self.drain().await;
                             session.close().await;
                             self.health.set_connected(false);
+                            self.metrics.set_broker_node(None);
                             return Ok(());
                         }
                         End::Fault(why) => {
                             self.health.set_connected(false);
-                            warn!(cause = %why, "broker session lost; reconnecting (unacked messages will be redelivered)");
+                            self.metrics.set_broker_node(None);
+                            warn!(node = %session.node, cause = %why, "broker session lost; reconnecting (unacked messages will be redelivered)");
                             session.close().await;
                         }
                     }
                 }
                 Err(e) if e.is_configuration() && !ever_started => return Err(e),
                 Err(e) if e.is_configuration() => error!(error = %e, "cannot resume consuming"),
-                Err(e) => warn!(error = %e, "cannot reach the broker"),
+                Err(e) => {
+                    next += 1;
+                    warn!(error = %e, "cannot reach the broker");
+                }
             }
             failures = failures.saturating_add(1);
             let delay = RECONNECT.delay(failures, &mut rand::thread_rng());
@@ -185,8 +341,6 @@ impl Supervisor {
     /// the pause is over.
     async fn consume(&self, session: &mut Session, shutdown: &CancellationToken) -> End {
         let mut tick = tokio::time::interval(TICK);
-        let mut ticks = 0u32;
-        self.refresh_dlq_depth(session).await;
         let mut pause = self.pause.clone();
         pause.mark_unchanged();
         loop {
@@ -195,21 +349,26 @@ impl Supervisor {
                 std::process::id(),
                 uuid::Uuid::new_v4().simple()
             );
-            let mut consumer = match session
-                .channel
-                .basic_consume(
+            let consumed = tokio::time::timeout(
+                BROKER_CALL_TIMEOUT,
+                session.channel.basic_consume(
                     self.broker.queue.as_str().into(),
                     tag.into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
-                )
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
+                ),
+            )
+            .await;
+            let mut consumer = match consumed {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
                     return End::Fault(format!("cannot consume from {:?}: {e}", self.broker.queue))
                 }
+                Err(_) => {
+                    return End::Fault(format!("consuming from {:?} timed out", self.broker.queue))
+                }
             };
+            let tasks = ConsumerTasks::new(session);
             self.health.set_consuming(true);
             let mut until = loop {
                 tokio::select! {
@@ -228,20 +387,23 @@ impl Supervisor {
                         }
                     }
                     delivery = consumer.next() => match delivery {
-                        Some(Ok(delivery)) => self.dispatch(delivery, &session.publisher),
-                        Some(Err(e)) => return End::Fault(format!("consumer failed: {e}")),
-                        None => return End::Fault(format!(
-                            "the broker cancelled the consumer (was queue {:?} deleted?)",
-                            self.broker.queue
-                        )),
+                        Some(Ok(delivery)) => self.dispatch(delivery, session, &tasks),
+                        Some(Err(e)) => {
+                            tasks.abandon().await;
+                            return End::Fault(format!("consumer failed: {e}"));
+                        }
+                        None => {
+                            tasks.abandon().await;
+                            return End::Fault(format!(
+                                "the broker cancelled the consumer (was queue {:?} deleted?)",
+                                self.broker.queue
+                            ));
+                        }
                     },
                     _ = tick.tick() => {
                         if let Some(why) = session.fault() {
+                            tasks.abandon().await;
                             return End::Fault(why.to_owned());
-                        }
-                        ticks += 1;
-                        if ticks % DLQ_DEPTH_EVERY_TICKS == 0 {
-                            self.refresh_dlq_depth(session).await;
                         }
                     }
                 }
@@ -263,55 +425,92 @@ impl Supervisor {
                     }
                     _ = tick.tick() => {
                         if let Some(why) = session.fault() {
+                            tasks.abandon().await;
                             return End::Fault(why.to_owned());
                         }
                     }
                 }
             }
+            // The old consumer's tasks must be gone before the new consumer
+            // gets a fresh prefetch window: they may still finish (and hold
+            // their messages with the targets done so far) for a moment, then
+            // what they still hold goes back to the queue.
+            tasks.finish(HOLD_FINISH_GRACE).await;
             info!("outage pause over: taking messages again");
         }
     }
 
-    /// Spawns the task that owns one delivery until it is settled.
-    fn dispatch(&self, delivery: Delivery, publisher: &Arc<Publisher>) {
+    /// Spawns the task that owns one delivery until it is settled, abandoned
+    /// (its consumer or session is gone) or its handler panics.
+    fn dispatch(&self, delivery: Delivery, session: &Session, tasks: &ConsumerTasks) {
         let worker = Arc::clone(&self.worker);
-        let publisher = Arc::clone(publisher);
-        let metrics = self.metrics.clone();
-        metrics.in_flight.inc();
-        self.tracker.spawn(async move {
-            let handled = AssertUnwindSafe(worker.handle(delivery, publisher))
-                .catch_unwind()
-                .await;
-            metrics.in_flight.dec();
-            if handled.is_err() {
-                error!(
-                    "a delivery task panicked; its message stays unacked and will be redelivered"
-                );
+        let publisher = Arc::clone(&session.publisher);
+        let channel = session.channel.clone();
+        let acker = delivery.acker.clone();
+        let token = tasks.token.clone();
+        let slot = InFlight::new(self.metrics.in_flight.clone());
+        let task = async move {
+            let handled = AssertUnwindSafe(worker.handle(delivery, publisher)).catch_unwind();
+            tokio::select! {
+                biased;
+                () = token.cancelled() => {
+                    // Its ack could not be committed (dead channel) or would
+                    // race the new consumer's copy: drop the work. On a live
+                    // channel the message goes back to the queue now.
+                    settling();
+                    if channel.status().connected() {
+                        hand_back(&acker).await;
+                    }
+                }
+                handled = handled => {
+                    if handled.is_err() {
+                        settling();
+                        if !acker.usable() && !acker.poisoned() {
+                            error!("a delivery task panicked after settling its message");
+                        } else if hand_back(&acker).await {
+                            error!("a delivery task panicked; its message was handed back to the queue");
+                        } else {
+                            // A nack that cannot be sent would leave the
+                            // message stuck in this channel's prefetch: close
+                            // the channel, the broker requeues its unacked
+                            // messages and the supervisor reconnects.
+                            error!("a delivery task panicked and its message could not be handed back; closing the channel");
+                            close_channel(&channel).await;
+                        }
+                    }
+                }
             }
-        });
+        };
+        tasks
+            .tasks
+            .spawn(self.tracker.track_future(IN_FLIGHT.scope(slot, task)));
     }
 
     /// Cancels the consumer and hands back, unprocessed, what the broker had
     /// already sent it, so those messages wait in the queue (for this or
     /// another worker) rather than in this worker's prefetch.
     async fn stop_consumer(&self, session: &Session, consumer: &mut Consumer) {
-        if let Err(e) = session
+        let cancel = session
             .channel
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-            .await
-        {
-            debug!(error = %e, "cancelling the consumer failed");
-            return;
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default());
+        match tokio::time::timeout(BROKER_CALL_TIMEOUT, cancel).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, "cancelling the consumer failed");
+                return;
+            }
+            Err(_) => {
+                debug!("cancelling the consumer timed out");
+                return;
+            }
         }
         let deadline = Instant::now() + CANCEL_DRAIN;
-        let requeue = BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        };
         let mut returned = 0u32;
         while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await
         {
-            if delivery.acker.nack(requeue).await.is_ok() {
+            if let Ok(Ok(true)) =
+                tokio::time::timeout_at(deadline, delivery.acker.nack(REQUEUE)).await
+            {
                 returned += 1;
             }
         }
@@ -320,21 +519,48 @@ impl Supervisor {
         }
     }
 
-    async fn refresh_dlq_depth(&self, session: &mut Session) {
-        if !session
-            .stats
-            .as_ref()
-            .is_some_and(|c| c.status().connected())
-        {
-            session.stats = session.publish_conn.create_channel().await.ok();
-        }
-        let Some(stats) = &session.stats else { return };
-        match tokio::time::timeout(TICK, topology::depth(stats, &self.broker.dlq)).await {
-            Ok(Ok(depth)) => self.metrics.dlq_depth.set(i64::from(depth)),
-            Ok(Err(BrokerError::QueueMissing(_))) => self.metrics.dlq_depth.set(0),
-            Ok(Err(e)) => debug!(error = %e, "cannot read the DLQ depth"),
-            Err(_) => debug!("reading the DLQ depth timed out"),
-        }
+    /// Refreshes the DLQ depth gauge every few seconds on a channel of its
+    /// own (a passive declare of a missing queue closes its channel), every
+    /// broker call bounded, until the session ends.
+    fn spawn_dlq_depth(&self, session: &Session) -> tokio::task::JoinHandle<()> {
+        let conn = Arc::clone(&session.publish_conn);
+        let token = session.token.clone();
+        let dlq = self.broker.dlq.clone();
+        let gauge = self.metrics.dlq_depth.clone();
+        tokio::spawn(async move {
+            let mut stats: Option<Channel> = None;
+            let mut every = tokio::time::interval(DLQ_DEPTH_EVERY);
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    _ = every.tick() => {}
+                }
+                let refresh = async {
+                    if !stats.as_ref().is_some_and(|c| c.status().connected()) {
+                        stats = tokio::time::timeout(BROKER_CALL_TIMEOUT, conn.create_channel())
+                            .await
+                            .ok()
+                            .and_then(Result::ok);
+                    }
+                    let Some(channel) = &stats else { return };
+                    match tokio::time::timeout(BROKER_CALL_TIMEOUT, topology::depth(channel, &dlq))
+                        .await
+                    {
+                        Ok(Ok(depth)) => gauge.set(i64::from(depth)),
+                        Ok(Err(BrokerError::QueueMissing(_))) => gauge.set(0),
+                        Ok(Err(e)) => debug!(error = %e, "cannot read the DLQ depth"),
+                        Err(_) => debug!("reading the DLQ depth timed out"),
+                    }
+                };
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = refresh => {}
+                }
+            }
+            if let Some(channel) = &stats {
+                close_channel(channel).await;
+            }
+        })
     }
 
     /// Waits for in-flight deliveries, at most the grace period.

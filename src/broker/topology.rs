@@ -9,13 +9,37 @@ use lapin::{
 use super::{is_not_found, is_precondition_failed, BrokerError};
 use crate::config::{BrokerConfig, QueueType};
 
-fn arguments(queue_type: QueueType) -> FieldTable {
+/// Which of the two queues is declared: their arguments differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role<'a> {
+    /// The inbound queue, naming the DLQ its broker-side dead-letter target.
+    Inbound {
+        dlq: &'a str,
+    },
+    Dlq,
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// Classic: no arguments. Quorum: the DLQ is only quorum; the inbound queue
+/// also dead-letters to the DLQ, at least once, so a message past the
+/// broker's delivery limit (RabbitMQ 4: 20 by default, or a policy's) lands
+/// in the DLQ instead of being dropped. at-least-once needs reject-publish.
+pub fn arguments(queue_type: QueueType, role: Role<'_>) -> FieldTable {
     let mut args = FieldTable::default();
     if queue_type == QueueType::Quorum {
-        args.insert(
-            ShortString::from("x-queue-type"),
-            AMQPValue::LongString(LongString::from("quorum")),
-        );
+        args.insert(ShortString::from("x-queue-type"), long("quorum"));
+        if let Role::Inbound { dlq } = role {
+            args.insert(ShortString::from("x-dead-letter-exchange"), long(""));
+            args.insert(ShortString::from("x-dead-letter-routing-key"), long(dlq));
+            args.insert(
+                ShortString::from("x-dead-letter-strategy"),
+                long("at-least-once"),
+            );
+            args.insert(ShortString::from("x-overflow"), long("reject-publish"));
+        }
     }
     args
 }
@@ -29,13 +53,14 @@ pub async fn declare(
     channel: &Channel,
     queue: &str,
     queue_type: QueueType,
+    role: Role<'_>,
 ) -> Result<u32, BrokerError> {
     let options = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
     channel
-        .queue_declare(queue.into(), options, arguments(queue_type))
+        .queue_declare(queue.into(), options, arguments(queue_type, role))
         .await
         .map(|q| q.message_count())
         .map_err(|e| {
@@ -58,9 +83,33 @@ pub async fn declare(
 /// # Errors
 /// As [`declare`].
 pub async fn declare_all(channel: &Channel, cfg: &BrokerConfig) -> Result<(), BrokerError> {
-    declare(channel, &cfg.queue, cfg.queue_type).await?;
-    declare(channel, &cfg.dlq, cfg.queue_type).await?;
+    // The DLQ first: the inbound queue names it as its dead-letter target.
+    declare_dlq(channel, cfg).await?;
+    declare_inbound(channel, cfg).await?;
     Ok(())
+}
+
+/// Declares the inbound queue alone.
+///
+/// # Errors
+/// As [`declare`].
+pub async fn declare_inbound(channel: &Channel, cfg: &BrokerConfig) -> Result<u32, BrokerError> {
+    declare(
+        channel,
+        &cfg.queue,
+        cfg.queue_type,
+        Role::Inbound { dlq: &cfg.dlq },
+    )
+    .await
+}
+
+/// Declares the DLQ alone (again, after a publish to it came back
+/// unroutable).
+///
+/// # Errors
+/// As [`declare`].
+pub async fn declare_dlq(channel: &Channel, cfg: &BrokerConfig) -> Result<u32, BrokerError> {
+    declare(channel, &cfg.dlq, cfg.queue_type, Role::Dlq).await
 }
 
 /// The depth of an existing queue, without creating it (passive declare).
@@ -87,4 +136,45 @@ pub async fn depth(channel: &Channel, queue: &str) -> Result<u32, BrokerError> {
                 }
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(args: &FieldTable) -> Vec<(String, String)> {
+        args.inner()
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    AMQPValue::LongString(s) => s.to_string(),
+                    other => format!("{other:?}"),
+                };
+                (k.to_string(), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn arguments_per_type_and_role() {
+        assert!(text(&arguments(QueueType::Classic, Role::Dlq)).is_empty());
+        assert!(text(&arguments(QueueType::Classic, Role::Inbound { dlq: "d" })).is_empty());
+        assert_eq!(
+            text(&arguments(QueueType::Quorum, Role::Dlq)),
+            [("x-queue-type".to_owned(), "quorum".to_owned())]
+        );
+        let mut inbound = text(&arguments(QueueType::Quorum, Role::Inbound { dlq: "d" }));
+        inbound.sort();
+        let expected: Vec<(String, String)> = [
+            ("x-dead-letter-exchange", ""),
+            ("x-dead-letter-routing-key", "d"),
+            ("x-dead-letter-strategy", "at-least-once"),
+            ("x-overflow", "reject-publish"),
+            ("x-queue-type", "quorum"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        assert_eq!(inbound, expected);
+    }
 }

@@ -165,7 +165,7 @@ pub async fn replay_messages(broker: &BrokerConfig, limit: Option<u32>) -> anyho
             Err(BrokerError::QueueMissing(_)) => return Ok(0),
             Err(e) => return Err(e.into()),
         };
-        topology::declare(&channel, &broker.queue, broker.queue_type).await?;
+        topology::declare_inbound(&channel, broker).await?;
         let publisher = Publisher::open(&conn, CONFIRM_TIMEOUT).await?;
         let limit = limit.unwrap_or(depth) as usize;
         let mut moved = 0u64;

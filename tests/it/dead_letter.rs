@@ -1,10 +1,6 @@
 //! Bad input and failed calls end in the DLQ with their reason, body byte for
-//! byte and properties kept; a DLQ publish that is not confirmed never drops
-//! the message.
+//! byte and properties kept (a DLQ deleted under the worker: dlq_gone.rs).
 
-use std::time::Duration;
-
-use fanout_bridge::metrics::Outcome;
 use lapin::BasicProperties;
 
 use crate::helpers::*;
@@ -117,35 +113,6 @@ async fn dead_lettered_copy_keeps_the_properties() {
     assert_eq!(
         header_text(d, "x-bridge-error").as_deref(),
         Some("logging: HTTP 422 after 1 attempt")
-    );
-}
-
-#[tokio::test]
-async fn an_unroutable_dead_letter_is_requeued_never_dropped() {
-    let broker = Broker::new("nodlq").await;
-    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
-    let worker = Worker::start(&broker, fast_settings(&user, &log)).await;
-    // The DLQ disappears under the running worker.
-    broker.delete(&broker.dlq).await;
-
-    broker
-        .publish(b"not json", BasicProperties::default())
-        .await;
-    wait_until("the message is requeued", Duration::from_secs(10), || {
-        let requeued = worker.count(Outcome::Requeued);
-        async move { requeued >= 1 }
-    })
-    .await;
-    assert_eq!(
-        worker.count(Outcome::DeadLettered),
-        0,
-        "an unroutable publish is not a confirm"
-    );
-    worker.stop().await;
-    assert_eq!(
-        broker.depth(&broker.queue).await,
-        1,
-        "the message waits in the inbound queue"
     );
 }
 

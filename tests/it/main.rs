@@ -4,11 +4,15 @@
 
 mod helpers;
 
+mod big_headers;
 mod cli;
+mod confirms;
 mod dead_letter;
+mod dlq_gone;
 mod fanout;
 mod faults;
 mod hold;
+mod nodes;
 mod observability;
 mod process;
 mod rate_limit;
