@@ -214,6 +214,8 @@ first_running() {
 # ---------------------------------------------------------------- commands
 cmd_up() {
     local t0=$SECONDS n
+    [ -x "$RMQ/rabbitmq-server" ] ||
+        die "no RabbitMQ in $RMQ: install Debian's rabbitmq-server package (or set RABBITMQ_BIN_DIR)"
     prepare
     start_epmd
     for n in "${NODES[@]}"; do spawn_node "$n"; done

@@ -357,6 +357,10 @@ struct LogDir(PathBuf);
 
 impl Drop for LogDir {
     fn drop(&mut self) {
+        if std::env::var_os("CLUSTER_KEEP_LOGS").is_some() {
+            eprintln!("worker logs kept in {}", self.0.display());
+            return;
+        }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.0);
             return;
@@ -389,6 +393,7 @@ struct PublishStats {
 /// each step has traffic to work through).
 async fn publish_all(
     urls: Vec<String>,
+    first_node: usize,
     queue: String,
     n: usize,
     rate: f64,
@@ -402,7 +407,7 @@ async fn publish_all(
     };
     let mut next = 0usize;
     let mut retry: Vec<usize> = Vec::new();
-    let mut node = rand::random::<usize>();
+    let mut node = first_node;
     let mut channel: Option<(Connection, Channel)> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     while stats.confirmed < n {
@@ -559,8 +564,13 @@ async fn cluster_node_and_worker_loss_lose_no_message() {
         let more = (n * percent).div_ceil(100);
         allowed.fetch_add(more, Ordering::Relaxed);
     };
+    // The publisher starts on the node that leads the queue, the first to
+    // be killed: it must republish what that costs it.
+    let leader = cluster.leader(&queue).await;
+    let first_node = leader[1..2].parse::<usize>().unwrap() - 1;
     let publisher = tokio::spawn(publish_all(
         urls.clone(),
+        first_node,
         queue.clone(),
         n,
         n as f64 / publish_secs,
@@ -775,6 +785,26 @@ async fn cluster_node_and_worker_loss_lose_no_message() {
         .filter(|id| user.accepted(id) && log.accepted(id) && !dead.contains_key(*id))
         .count();
 
+    let mut nodes = Vec::new();
+    for w in workers.iter().skip(1) {
+        let text = match w.ops {
+            Some(a) => reqwest::get(format!("http://{a}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            None => String::new(),
+        };
+        let node = text
+            .lines()
+            .find(|l| l.starts_with("bridge_broker_node_info{"))
+            .and_then(|l| l.split('"').nth(1))
+            .unwrap_or("?")
+            .to_owned();
+        let lost = w.log_text().matches("broker session lost").count();
+        nodes.push(format!("{} on {node} ({lost} sessions lost)", w.name));
+    }
     for w in workers.iter_mut().skip(1) {
         let code = w.sigterm().await;
         assert_eq!(
@@ -803,6 +833,11 @@ async fn cluster_node_and_worker_loss_lose_no_message() {
         dup(&u),
         dup(&l),
         dup(&u) + dup(&l)
+    );
+    println!("   workers at the end: {}", nodes.join(", "));
+    println!(
+        "   publisher: {} publishes for {n} messages, {} connections",
+        stats.attempts, stats.reconnects
     );
     println!("   run time: {}", elapsed(started));
     drop(workers);
