@@ -276,7 +276,8 @@ INTS = {"BRIDGE_HTTP_TIMEOUT_MS", "BRIDGE_RETRY_BACKOFF_MS", "BRIDGE_OUTAGE_PAUS
         "BRIDGE_SHUTDOWN_GRACE_MS", "BRIDGE_USER_API_RATE_LIMIT", "BRIDGE_LOG_API_RATE_LIMIT"}
 METRICS = {"bridge_messages_total", "bridge_api_requests_total",
            "bridge_api_request_duration_seconds", "bridge_messages_in_flight",
-           "bridge_broker_connected", "bridge_dead_letter_queue_depth"}
+           "bridge_broker_connected", "bridge_dead_letter_queue_depth",
+           "bridge_broker_node_info"}
 HISTOGRAMS = {"bridge_api_request_duration_seconds"}
 LABEL_VALUES = {"outcome": {"acked", "dead_lettered", "held", "requeued"},
                 "target": {"user-management", "logging"},
