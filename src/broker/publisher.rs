@@ -38,9 +38,8 @@ pub enum PublishError {
 /// publishes in flight on one channel, an unroutable publish can be reported
 /// as stored and a routable one as returned. So [`Publisher::publish`] has one
 /// publish in flight per channel: it borrows an idle confirm channel from a
-/// pool (opening one when none is idle; the worker has at most `prefetch`
-/// publishes in flight), and only a channel whose last publish completed
-/// cleanly goes back. Without a connection to open channels on (the CLI
+/// pool (opening one when none is idle, at most [`MAX_CHANNELS`]), and only a
+/// channel whose last publish completed cleanly goes back. Without a connection to open channels on (the CLI
 /// tools), publishes on the one channel are serialised instead.
 #[derive(Debug)]
 pub struct Publisher {
@@ -49,14 +48,18 @@ pub struct Publisher {
     /// Set for the worker: where pooled channels are opened.
     conn: Option<Arc<Connection>>,
     idle: std::sync::Mutex<Vec<Channel>>,
+    /// Bounds the pooled channels open at once.
+    channels: tokio::sync::Semaphore,
     /// One publish at a time on `channel` when there is no pool.
     serial: tokio::sync::Mutex<()>,
     /// The worker's topology, to declare the DLQ again when it was deleted.
     topology: Option<BrokerConfig>,
 }
 
-/// Idle pooled channels kept open; more are closed after use.
-const MAX_IDLE: usize = 64;
+/// At most this many pooled channels (publishes in flight) at once: far
+/// below a broker's channel_max (RabbitMQ: 2047), and far above what
+/// dead-lettering needs; a publish beyond it waits for a channel.
+const MAX_CHANNELS: usize = 128;
 
 impl Publisher {
     /// # Errors
@@ -68,6 +71,7 @@ impl Publisher {
             confirm_timeout,
             conn: None,
             idle: std::sync::Mutex::default(),
+            channels: tokio::sync::Semaphore::new(MAX_CHANNELS),
             serial: tokio::sync::Mutex::default(),
             topology: None,
         })
@@ -89,6 +93,7 @@ impl Publisher {
             confirm_timeout,
             conn: Some(conn),
             idle: std::sync::Mutex::default(),
+            channels: tokio::sync::Semaphore::new(MAX_CHANNELS),
             serial: tokio::sync::Mutex::default(),
             topology: Some(topology),
         })
@@ -127,6 +132,11 @@ impl Publisher {
             let confirm = self.send(queue, body, props).await?;
             return self.confirmed(confirm).await;
         };
+        // Closed only when the Publisher is dropped, so this cannot fail
+        // while it is in use.
+        let Ok(_permit) = self.channels.acquire().await else {
+            return Err(PublishError::Channel("the publisher is closed".into()));
+        };
         let pooled = lock(&self.idle).pop();
         let channel = match pooled {
             Some(c) if c.status().connected() => c,
@@ -147,7 +157,7 @@ impl Publisher {
             Ok(()) | Err(PublishError::Returned(_) | PublishError::Nacked)
         );
         let mut idle = lock(&self.idle);
-        if clean && channel.status().connected() && idle.len() < MAX_IDLE {
+        if clean && channel.status().connected() {
             idle.push(channel);
         } else {
             drop(idle);

@@ -10,7 +10,7 @@ use lapin::{
     message::Delivery,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::FieldTable,
-    Channel, Connection, Consumer,
+    Acker, Channel, Connection, Consumer,
 };
 use tokio::{sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -21,7 +21,11 @@ use super::{
     BrokerError,
 };
 use crate::{
-    api::backoff::Backoff, config::BrokerConfig, metrics::Metrics, ops::Health, worker::Worker,
+    api::backoff::Backoff,
+    config::BrokerConfig,
+    metrics::{Metrics, Outcome},
+    ops::Health,
+    worker::Worker,
 };
 
 /// Reconnect delays: from half a second, doubling, at most 30 s (contract).
@@ -262,11 +266,50 @@ const REQUEUE: BasicNackOptions = BasicNackOptions {
 };
 
 /// Hands a delivery back to the queue. `Ok(true)` when the nack was sent.
-async fn hand_back(acker: &lapin::Acker) -> bool {
+async fn hand_back(acker: &Acker) -> bool {
     matches!(
         tokio::time::timeout(BROKER_CALL_TIMEOUT, acker.nack(REQUEUE)).await,
         Ok(Ok(true))
     )
+}
+
+/// The life of one delivery task: `handled` (the worker handling the
+/// delivery) runs to its end unless `token` is cancelled first (its consumer
+/// or session is gone: the work is dropped and, on a live channel, the
+/// message handed back); a panic hands the message back to the queue, or
+/// closes the channel if the nack cannot be sent, so it never stays stuck in
+/// this channel's prefetch.
+pub async fn guard_delivery<F>(handled: F, acker: Acker, channel: Channel, token: CancellationToken)
+where
+    F: std::future::Future<Output = Outcome>,
+{
+    let handled = AssertUnwindSafe(handled).catch_unwind();
+    tokio::select! {
+        biased;
+        () = token.cancelled() => {
+            settling();
+            if channel.status().connected() {
+                hand_back(&acker).await;
+            }
+        }
+        handled = handled => {
+            if handled.is_err() {
+                settling();
+                if !acker.usable() && !acker.poisoned() {
+                    error!("a delivery task panicked after settling its message");
+                } else if hand_back(&acker).await {
+                    error!("a delivery task panicked; its message was handed back to the queue");
+                } else {
+                    // A nack that cannot be sent would leave the message
+                    // stuck in this channel's prefetch: closing the channel
+                    // makes the broker requeue it (and the supervisor
+                    // reconnects).
+                    error!("a delivery task panicked and its message could not be handed back; closing the channel");
+                    close_channel(&channel).await;
+                }
+            }
+        }
+    }
 }
 
 impl Supervisor {
@@ -435,7 +478,11 @@ impl Supervisor {
             // gets a fresh prefetch window: they may still finish (and hold
             // their messages with the targets done so far) for a moment, then
             // what they still hold goes back to the queue.
-            tasks.finish(HOLD_FINISH_GRACE).await;
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return End::Shutdown,
+                () = tasks.finish(HOLD_FINISH_GRACE) => {}
+            }
             info!("outage pause over: taking messages again");
         }
     }
@@ -449,38 +496,7 @@ impl Supervisor {
         let acker = delivery.acker.clone();
         let token = tasks.token.clone();
         let slot = InFlight::new(self.metrics.in_flight.clone());
-        let task = async move {
-            let handled = AssertUnwindSafe(worker.handle(delivery, publisher)).catch_unwind();
-            tokio::select! {
-                biased;
-                () = token.cancelled() => {
-                    // Its ack could not be committed (dead channel) or would
-                    // race the new consumer's copy: drop the work. On a live
-                    // channel the message goes back to the queue now.
-                    settling();
-                    if channel.status().connected() {
-                        hand_back(&acker).await;
-                    }
-                }
-                handled = handled => {
-                    if handled.is_err() {
-                        settling();
-                        if !acker.usable() && !acker.poisoned() {
-                            error!("a delivery task panicked after settling its message");
-                        } else if hand_back(&acker).await {
-                            error!("a delivery task panicked; its message was handed back to the queue");
-                        } else {
-                            // A nack that cannot be sent would leave the
-                            // message stuck in this channel's prefetch: close
-                            // the channel, the broker requeues its unacked
-                            // messages and the supervisor reconnects.
-                            error!("a delivery task panicked and its message could not be handed back; closing the channel");
-                            close_channel(&channel).await;
-                        }
-                    }
-                }
-            }
-        };
+        let task = guard_delivery(worker.handle(delivery, publisher), acker, channel, token);
         tasks
             .tasks
             .spawn(self.tracker.track_future(IN_FLIGHT.scope(slot, task)));

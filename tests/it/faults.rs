@@ -131,3 +131,79 @@ async fn an_inbound_queue_deleted_under_the_worker_is_declared_again() {
     assert_eq!(log.count(), 1);
     worker.stop().await;
 }
+
+/// After the connection is cut, the deliveries of the dead session are
+/// abandoned before the redelivered copies are taken: in flight never
+/// exceeds the prefetch, and no API sees one key twice at the same time.
+#[tokio::test]
+async fn after_a_cut_connection_in_flight_never_exceeds_the_prefetch() {
+    use crate::slow_api::SlowApi;
+    use fanout_bridge::metrics::Outcome;
+    use std::sync::{
+        atomic::{AtomicBool, AtomicI64, Ordering},
+        Arc,
+    };
+
+    let broker = Broker::new("inflight").await;
+    broker.declare().await;
+    let user = SlowApi::start(Duration::from_millis(1500)).await;
+    let log = SlowApi::start(Duration::from_millis(1500)).await;
+    let port = free_port();
+    let proxy = TcpProxy::start(port).await;
+    let settings = vec![
+        ("BRIDGE_USER_API_URL".to_owned(), user.url()),
+        ("BRIDGE_LOG_API_URL".to_owned(), log.url()),
+        ("BRIDGE_AMQP_URL".to_owned(), proxy.url()),
+        ("BRIDGE_PREFETCH".to_owned(), "4".to_owned()),
+        ("BRIDGE_HTTP_TIMEOUT_MS".to_owned(), "10000".to_owned()),
+    ];
+    let worker = Worker::start(&broker, settings).await;
+
+    // Sample the gauge all along.
+    let max = Arc::new(AtomicI64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (gauge, max, done) = (
+            worker.metrics.in_flight.clone(),
+            Arc::clone(&max),
+            Arc::clone(&done),
+        );
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                max.fetch_max(gauge.get(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+
+    broker.publish_numbered("f", 0..12).await;
+    wait_until("four calls in flight", Duration::from_secs(10), || {
+        let n = user.arrived();
+        async move { n >= 4 }
+    })
+    .await;
+    proxy.cut();
+    drop(proxy);
+    wait_until(
+        "the old proxy's port is free",
+        Duration::from_secs(10),
+        || async { std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() },
+    )
+    .await;
+    let _proxy = TcpProxy::start(port).await;
+    wait_until("all twelve acked", Duration::from_secs(60), || {
+        let acked = worker.count(Outcome::Acked);
+        async move { acked >= 12 }
+    })
+    .await;
+    done.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    worker.stop().await;
+
+    let max = max.load(Ordering::Relaxed);
+    assert!(max <= 4, "{max} messages in flight with a prefetch of 4");
+    assert!(user.arrived() > 12, "the cut really caused redeliveries");
+    assert_eq!(user.overlapping(), Vec::<String>::new());
+    assert_eq!(log.overlapping(), Vec::<String>::new());
+    assert_eq!(broker.depth(&broker.queue).await, 0);
+}
