@@ -13,6 +13,10 @@ pub struct Cfg {
     pub amqp: String,
     pub out_dir: PathBuf,
     pub clk_tck: f64,
+    /// `BENCH_NODE=1` and `benches/node-reference/node_modules` exists.
+    pub node: Option<PathBuf>,
+    /// Why the Node.js reference does not run, when it does not.
+    pub node_skipped: &'static str,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -55,6 +59,21 @@ impl Cfg {
             .and_then(|o| String::from_utf8(o.stdout).ok())
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(100.0);
+        let node_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/node-reference");
+        let (node, node_skipped) = if !env_on("BENCH_NODE") {
+            (
+                None,
+                "not run: set BENCH_NODE=1 (after npm ci --prefix benches/node-reference)",
+            )
+        } else if !node_dir.join("node_modules").is_dir() {
+            (
+                None,
+                "not run: BENCH_NODE=1 but benches/node-reference/node_modules is missing \
+                 (npm ci --prefix benches/node-reference)",
+            )
+        } else {
+            (Some(node_dir.join("worker.js")), "")
+        };
         Cfg {
             messages: env_num("BENCH_MESSAGES", 20_000),
             rounds: env_num("BENCH_ROUNDS", 3),
@@ -68,6 +87,8 @@ impl Cfg {
             out_dir: std::env::temp_dir()
                 .join(format!("fanout-bridge-bench-{}", std::process::id())),
             clk_tck,
+            node,
+            node_skipped,
         }
     }
 

@@ -9,6 +9,8 @@
 //!    HTTP): first delivery → last ack.
 //! 2. **fast APIs** — the real `fanout-bridge run` (a child process) against a
 //!    `fanout-bridge demo-api --latency-ms 0` child: readyz → all N acked.
+//!    Optional, in the same rounds: the Node.js reference worker of
+//!    `benches/node-reference` (`BENCH_NODE=1`).
 //! 3. **20 ms APIs** — the same against `demo-api --latency-ms 20`, once per
 //!    prefetch of `BENCH_PREFETCH_SWEEP`; the bound is prefetch / 0.020 s.
 //!    For reference, the bare consumer again, holding each message 20 ms (a
@@ -46,7 +48,7 @@ use std::{
 use config::Cfg;
 use http::Http;
 use scenarios::{ceiling_run, Kind, Scenario};
-use workers::{worker_run, Apis, Ctx};
+use workers::{worker_run, Apis, Ctx, Program};
 
 type Res<T> = Result<T, String>;
 
@@ -59,6 +61,9 @@ fn scenarios(cfg: &Cfg) -> Vec<Scenario> {
         Scenario::new(Kind::Ceiling, cfg.prefetch, cfg.messages),
         Scenario::new(Kind::Fast, cfg.prefetch, cfg.messages),
     ];
+    if cfg.node.is_some() {
+        v.push(Scenario::new(Kind::Node, cfg.prefetch, cfg.messages));
+    }
     v.push(Scenario::new(
         Kind::Ceiling20,
         cfg.prefetch,
@@ -76,6 +81,9 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
     if broker.is_empty() {
         eprintln!("note: no beam.smp process found; the broker column will read 0");
     }
+    if !cfg.node_skipped.is_empty() && std::env::var_os("BENCH_NODE").is_some() {
+        eprintln!("note: Node.js reference {}", cfg.node_skipped);
+    }
     let http = Http::new(rt.handle().clone());
     let ctx = Ctx {
         cfg,
@@ -91,12 +99,35 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
     for round in 1..=cfg.rounds {
         for s in scenarios.iter_mut() {
             let hold = (s.kind == Kind::Ceiling20).then_some(Duration::from_millis(20));
-            let result = match s.kind {
-                Kind::Ceiling | Kind::Ceiling20 => {
+            let result = match (s.kind, &cfg.node) {
+                (Kind::Ceiling | Kind::Ceiling20, _) => {
                     rt.block_on(ceiling_run(cfg, &broker, s.prefetch, s.messages, hold))
                 }
-                Kind::Fast => worker_run(&ctx, &fast_api, s.prefetch, s.messages, false),
-                Kind::Slow => worker_run(&ctx, &slow_api, s.prefetch, s.messages, false),
+                (Kind::Fast, _) => worker_run(
+                    &ctx,
+                    &fast_api,
+                    &Program::Bridge,
+                    s.prefetch,
+                    s.messages,
+                    false,
+                ),
+                (Kind::Node, Some(script)) => worker_run(
+                    &ctx,
+                    &fast_api,
+                    &Program::Node(script),
+                    s.prefetch,
+                    s.messages,
+                    false,
+                ),
+                (Kind::Slow, _) => worker_run(
+                    &ctx,
+                    &slow_api,
+                    &Program::Bridge,
+                    s.prefetch,
+                    s.messages,
+                    false,
+                ),
+                (Kind::Node, None) => unreachable!("scenario not configured"),
             };
             match result {
                 Ok(r) => {
@@ -136,7 +167,7 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
                 &slow_api
             };
             let n = cfg.latency_messages.min(s.messages);
-            match worker_run(&ctx, api, s.prefetch, n, true) {
+            match worker_run(&ctx, api, &Program::Bridge, s.prefetch, n, true) {
                 Ok(r) => {
                     eprintln!(
                         "latency run  {:<30} pf {:>4}: {:>6} msgs in {:>6.2} s (info logs)   [{:>5.0} s]",

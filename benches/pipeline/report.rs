@@ -62,6 +62,7 @@ pub fn report(cfg: &Cfg, scenarios: &[Scenario]) {
                     1.5 * ceiling_cpu
                 ),
             ),
+            Kind::Node => (at_once, "(reference: bridge ≥ 6 × this)".into()),
             Kind::Ceiling20 => {
                 let b = bound(s.prefetch);
                 (

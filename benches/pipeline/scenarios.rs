@@ -23,6 +23,8 @@ pub enum Kind {
     /// The bare consumer holding each message 20 ms (sleep) before its ack.
     Ceiling20,
     Fast,
+    /// The Node.js reference worker against the fast APIs.
+    Node,
     Slow,
 }
 
@@ -51,6 +53,7 @@ impl Scenario {
             Kind::Ceiling => "ceiling: bare lapin, ack only".into(),
             Kind::Ceiling20 => "bare lapin, sleep 20 ms, ack".into(),
             Kind::Fast => "bridge, APIs answer at once".into(),
+            Kind::Node => "node reference, fast APIs".into(),
             Kind::Slow => "bridge, APIs answer in 20 ms".into(),
         }
     }

@@ -74,7 +74,28 @@ pub fn print(cfg: &Cfg, scenarios: &[Scenario]) {
             median(&fast.rates()),
             median(&ceiling.rates())
         );
-        println!("  {NA} fast APIs ≥ 6 × a Node.js amqplib + axios worker: no reference in the benchmark yet");
+        match find(scenarios, Kind::Node, pf) {
+            Some(node) => {
+                let ratio = per_round_ratio(fast, node);
+                println!(
+                    "  {} fast APIs ≥ 6 × the Node.js reference (amqplib + axios): {ratio:.2} × (median {:.0} vs {:.0} msg/s; \
+                     CPU s/1k {:.3} vs {:.3})",
+                    verdict(ratio >= 6.0),
+                    median(&fast.rates()),
+                    median(&node.rates()),
+                    warn_cpu,
+                    median(&node.cpu_per_k(clk))
+                );
+            }
+            None => println!(
+                "  {NA} fast APIs ≥ 6 × the Node.js reference: {}",
+                if cfg.node.is_some() {
+                    "every Node.js run failed (see above)"
+                } else {
+                    cfg.node_skipped
+                }
+            ),
+        }
     } else {
         println!("  {NA} CPU per message and fast-API targets: no successful fast-API run");
     }

@@ -1,5 +1,6 @@
-//! The worker under test, `fanout-bridge run`, against the `demo-api`
-//! stand-ins, timed from `/readyz` to all messages settled.
+//! Worker processes under test: `fanout-bridge run` or the Node.js
+//! reference worker, against the
+//! `demo-api` stand-ins, timed from `/readyz` to all messages settled.
 
 use std::{
     fs,
@@ -29,6 +30,13 @@ pub struct Ctx<'a> {
     pub rt: &'a Runtime,
     pub http: &'a Http,
     pub broker: &'a [u32],
+}
+
+/// The process under test.
+pub enum Program<'a> {
+    Bridge,
+    /// `node <worker.js>`, the Node.js reference.
+    Node(&'a Path),
 }
 
 /// The stand-ins of one latency: one process serving both paths, or (with
@@ -96,9 +104,16 @@ fn start_demo_api(ctx: &Ctx, latency_ms: u64, role: &str) -> Res<(ChildGuard, u1
     Ok((guard, port))
 }
 
-/// One `fanout-bridge run` over `n` pre-filled messages. `latency`: the bridge
+/// One run of `program` over `n` pre-filled messages. `latency`: the bridge
 /// logs at info as JSON, and each message's `total_ms` is read back.
-pub fn worker_run(ctx: &Ctx, apis: &Apis, prefetch: u16, n: usize, latency: bool) -> Res<Run> {
+pub fn worker_run(
+    ctx: &Ctx,
+    apis: &Apis,
+    program: &Program,
+    prefetch: u16,
+    n: usize,
+    latency: bool,
+) -> Res<Run> {
     let (cfg, rt) = (ctx.cfg, ctx.rt);
     let queue = fresh_queue("in");
     let dlq = format!("{queue}.dlq");
@@ -108,9 +123,19 @@ pub fn worker_run(ctx: &Ctx, apis: &Apis, prefetch: u16, n: usize, latency: bool
         let metrics_port = free_port();
         let log = cfg.out_dir.join(format!("{queue}.log"));
         let stderr = fs::File::create(&log).map_err(|e| e.to_string())?;
-        let name = "worker";
-        let mut cmd = Command::new(BIN);
-        cmd.arg("run");
+        let (name, mut cmd) = match program {
+            Program::Node(script) => {
+                let mut cmd = Command::new("node");
+                cmd.arg(script);
+                ("node reference worker", cmd)
+            }
+            Program::Bridge => {
+                let mut cmd = Command::new(BIN);
+                cmd.arg("run");
+                ("worker", cmd)
+            }
+        };
+        // Only the settings below: none of the shell's BRIDGE_*.
         for (k, _) in std::env::vars() {
             if k.starts_with("BRIDGE_") {
                 cmd.env_remove(k);
