@@ -17,6 +17,8 @@ pub struct Cfg {
     pub node: Option<PathBuf>,
     /// Why the Node.js reference does not run, when it does not.
     pub node_skipped: &'static str,
+    /// `BENCH_OTEL=1`: the bridge with OpenTelemetry export on.
+    pub otel: bool,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -89,6 +91,7 @@ impl Cfg {
             clk_tck,
             node,
             node_skipped,
+            otel: env_on("BENCH_OTEL"),
         }
     }
 

@@ -1,12 +1,18 @@
 //! HTTP on loopback: polling the children's `/readyz`, `/healthz` and
-//! `/metrics` with reqwest.
+//! `/metrics` with reqwest, and a tiny OTLP/HTTP receiver for the
+//! OpenTelemetry scenario.
 
 use std::{
     fs,
     path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
+use axum::{body::Bytes, extract::State, http::header, routing::post, Router};
 use tokio::runtime::Handle;
 
 use crate::{process::ChildGuard, Res};
@@ -104,4 +110,90 @@ pub fn gauge(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(key.as_str()))
         .and_then(|v| v.trim().parse::<f64>().ok())
+}
+
+/// What the OTLP receiver has been sent so far.
+#[derive(Clone, Copy, Default, PartialEq)]
+pub struct OtlpCount {
+    pub posts: u64,
+    pub bytes: u64,
+}
+
+impl std::ops::Sub for OtlpCount {
+    type Output = OtlpCount;
+    fn sub(self, o: OtlpCount) -> OtlpCount {
+        OtlpCount {
+            posts: self.posts.saturating_sub(o.posts),
+            bytes: self.bytes.saturating_sub(o.bytes),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    posts: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// An OTLP/HTTP collector stand-in on the benchmark's runtime: `POST
+/// /v1/traces` answers 200 with an empty (valid protobuf) export response
+/// and counts requests and bytes; nothing is decoded. Its CPU shows in the
+/// "bench" column.
+pub struct OtlpReceiver {
+    pub port: u16,
+    counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OtlpReceiver {
+    pub fn start(rt: &Handle) -> Res<OtlpReceiver> {
+        let counters = Arc::new(Counters::default());
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .map_err(|e| format!("OTLP receiver: {e}"))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let app = Router::new()
+            .route("/v1/traces", post(receive))
+            .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
+            .with_state(Arc::clone(&counters));
+        let task = rt.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(OtlpReceiver {
+            port,
+            counters,
+            task,
+        })
+    }
+
+    /// The value of `OTEL_EXPORTER_OTLP_ENDPOINT` (the exporter appends
+    /// `/v1/traces`).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn count(&self) -> OtlpCount {
+        OtlpCount {
+            posts: self.counters.posts.load(Ordering::Relaxed),
+            bytes: self.counters.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn receive(
+    State(c): State<Arc<Counters>>,
+    body: Bytes,
+) -> ([(header::HeaderName, &'static str); 1], Bytes) {
+    c.posts.fetch_add(1, Ordering::Relaxed);
+    c.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+    (
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        Bytes::new(),
+    )
 }

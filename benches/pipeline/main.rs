@@ -9,8 +9,9 @@
 //!    HTTP): first delivery → last ack.
 //! 2. **fast APIs** — the real `fanout-bridge run` (a child process) against a
 //!    `fanout-bridge demo-api --latency-ms 0` child: readyz → all N acked.
-//!    Optional, in the same rounds: the Node.js reference worker of
-//!    `benches/node-reference` (`BENCH_NODE=1`).
+//!    Optional, in the same rounds: the same with OpenTelemetry export to an
+//!    in-bench OTLP receiver (`BENCH_OTEL=1`), and the Node.js reference
+//!    worker of `benches/node-reference` (`BENCH_NODE=1`).
 //! 3. **20 ms APIs** — the same against `demo-api --latency-ms 20`, once per
 //!    prefetch of `BENCH_PREFETCH_SWEEP`; the bound is prefetch / 0.020 s.
 //!    For reference, the bare consumer again, holding each message 20 ms (a
@@ -22,7 +23,8 @@
 //! worker's "message settled" lines for p50/p99, and the targets of issue 11.
 //!
 //! Modules: `config` (BENCH_* settings), `broker` (queues, pre-fill,
-//! cleanup), `process` (/proc sampling, child guards), `http` (reqwest polls), `scenarios` (runs, the bare consumers), `workers` (the
+//! cleanup), `process` (/proc sampling, child guards), `http` (reqwest polls,
+//! OTLP receiver), `scenarios` (runs, the bare consumers), `workers` (the
 //! worker processes under test), `stats`, `report` (tables), `targets`.
 //!
 //! Every queue is fresh (`bench.pipeline.<random>`) and deleted after its run
@@ -46,7 +48,7 @@ use std::{
 };
 
 use config::Cfg;
-use http::Http;
+use http::{Http, OtlpReceiver};
 use scenarios::{ceiling_run, Kind, Scenario};
 use workers::{worker_run, Apis, Ctx, Program};
 
@@ -61,6 +63,9 @@ fn scenarios(cfg: &Cfg) -> Vec<Scenario> {
         Scenario::new(Kind::Ceiling, cfg.prefetch, cfg.messages),
         Scenario::new(Kind::Fast, cfg.prefetch, cfg.messages),
     ];
+    if cfg.otel {
+        v.push(Scenario::new(Kind::FastOtel, cfg.prefetch, cfg.messages));
+    }
     if cfg.node.is_some() {
         v.push(Scenario::new(Kind::Node, cfg.prefetch, cfg.messages));
     }
@@ -93,17 +98,27 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
     };
     let fast_api = Apis::start(&ctx, 0)?;
     let slow_api = Apis::start(&ctx, 20)?;
+    let otlp = if cfg.otel {
+        let r = OtlpReceiver::start(rt.handle())?;
+        eprintln!(
+            "OTLP receiver for the OTel scenario: {}/v1/traces",
+            r.endpoint()
+        );
+        Some(r)
+    } else {
+        None
+    };
     let mut scenarios = scenarios(cfg);
 
     let started = Instant::now();
     for round in 1..=cfg.rounds {
         for s in scenarios.iter_mut() {
             let hold = (s.kind == Kind::Ceiling20).then_some(Duration::from_millis(20));
-            let result = match (s.kind, &cfg.node) {
-                (Kind::Ceiling | Kind::Ceiling20, _) => {
+            let result = match (s.kind, &otlp, &cfg.node) {
+                (Kind::Ceiling | Kind::Ceiling20, _, _) => {
                     rt.block_on(ceiling_run(cfg, &broker, s.prefetch, s.messages, hold))
                 }
-                (Kind::Fast, _) => worker_run(
+                (Kind::Fast, _, _) => worker_run(
                     &ctx,
                     &fast_api,
                     &Program::Bridge,
@@ -111,7 +126,15 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
                     s.messages,
                     false,
                 ),
-                (Kind::Node, Some(script)) => worker_run(
+                (Kind::FastOtel, Some(r), _) => worker_run(
+                    &ctx,
+                    &fast_api,
+                    &Program::BridgeOtel(r),
+                    s.prefetch,
+                    s.messages,
+                    false,
+                ),
+                (Kind::Node, _, Some(script)) => worker_run(
                     &ctx,
                     &fast_api,
                     &Program::Node(script),
@@ -119,7 +142,7 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
                     s.messages,
                     false,
                 ),
-                (Kind::Slow, _) => worker_run(
+                (Kind::Slow, _, _) => worker_run(
                     &ctx,
                     &slow_api,
                     &Program::Bridge,
@@ -127,7 +150,7 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
                     s.messages,
                     false,
                 ),
-                (Kind::Node, None) => unreachable!("scenario not configured"),
+                (Kind::FastOtel | Kind::Node, _, _) => unreachable!("scenario not configured"),
             };
             match result {
                 Ok(r) => {
@@ -183,7 +206,7 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
             }
         }
     }
-    drop((fast_api, slow_api));
+    drop((fast_api, slow_api, otlp));
     report::report(cfg, &scenarios);
     if scenarios.iter().any(|s| !s.errors.is_empty()) {
         return Err("some runs failed (see above)".into());

@@ -1,5 +1,5 @@
-//! The printed tables: throughput, CPU split, latency. The targets' verdicts
-//! are in `targets`.
+//! The printed tables: throughput, CPU split, latency, and the OTel
+//! receiver's figures. The targets' verdicts are in `targets`.
 
 use crate::{
     broker::body,
@@ -62,6 +62,7 @@ pub fn report(cfg: &Cfg, scenarios: &[Scenario]) {
                     1.5 * ceiling_cpu
                 ),
             ),
+            Kind::FastOtel => (at_once, "(the fast scenario with OTLP export)".into()),
             Kind::Node => (at_once, "(reference: bridge ≥ 6 × this)".into()),
             Kind::Ceiling20 => {
                 let b = bound(s.prefetch);
@@ -118,6 +119,7 @@ pub fn report(cfg: &Cfg, scenarios: &[Scenario]) {
 
     split_table(clk, scenarios);
     latency_lines(cfg, scenarios);
+    otel_lines(clk, scenarios);
     targets::print(cfg, scenarios);
 }
 
@@ -217,4 +219,65 @@ fn latency_lines(cfg: &Cfg, scenarios: &[Scenario]) {
             );
         }
     }
+}
+
+/// What the OTLP receiver got in the OTel scenario, and the cost of export.
+fn otel_lines(clk: f64, scenarios: &[Scenario]) {
+    let Some(otel) = scenarios.iter().find(|s| s.kind == Kind::FastOtel) else {
+        return;
+    };
+    let Some(fast) = scenarios.iter().find(|s| s.kind == Kind::Fast) else {
+        return;
+    };
+    println!();
+    println!("OpenTelemetry export (OTEL_EXPORTER_OTLP_ENDPOINT → the benchmark's receiver on loopback):");
+    let posts = median(&sorted(
+        otel.runs
+            .iter()
+            .filter_map(|r| r.otlp.map(|c| c.posts as f64))
+            .collect(),
+    ));
+    let kib_per_k = median(&sorted(
+        otel.runs
+            .iter()
+            .filter_map(|r| {
+                r.otlp
+                    .map(|c| c.bytes as f64 / 1024.0 / r.messages as f64 * 1000.0)
+            })
+            .collect(),
+    ));
+    let dropped: f64 = otel.runs.iter().filter_map(|r| r.otel_dropped).sum();
+    if otel
+        .runs
+        .iter()
+        .all(|r| r.otlp.is_none_or(|c| c.posts == 0))
+    {
+        println!(
+            "  the receiver got no POST /v1/traces: this build of the worker does not export \
+             (OpenTelemetry support not merged?), so its row above is the bridge without export"
+        );
+    } else {
+        println!(
+            "  POST /v1/traces per run: {posts:.0} (median), {kib_per_k:.1} KiB per 1,000 messages; \
+             spans dropped by the worker over all runs: {dropped:.0}"
+        );
+    }
+    let cpu = |s: &Scenario| median(&s.cpu_per_k(clk));
+    println!(
+        "  with export vs without, same rounds: {:.2} × the msg/s, CPU s/1k {:.3} vs {:.3} ({:.2} ×), peak RSS {} vs {} MiB",
+        per_round_ratio(otel, fast),
+        cpu(otel),
+        cpu(fast),
+        cpu(otel) / cpu(fast),
+        peak_mib(otel),
+        peak_mib(fast),
+    );
+}
+
+pub fn peak_mib(s: &Scenario) -> String {
+    s.runs
+        .iter()
+        .filter_map(|r| r.rss_kib)
+        .max()
+        .map_or("–".into(), |k| format!("{:.1}", k as f64 / 1024.0))
 }

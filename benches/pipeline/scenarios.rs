@@ -12,6 +12,7 @@ use lapin::{
 use crate::{
     broker::{connect, delete_queues, fresh_queue, prefill},
     config::Cfg,
+    http::OtlpCount,
     process::{Split, SplitProbe},
     stats::sorted,
     Res, STALL,
@@ -23,6 +24,8 @@ pub enum Kind {
     /// The bare consumer holding each message 20 ms (sleep) before its ack.
     Ceiling20,
     Fast,
+    /// `Fast` with OpenTelemetry export to the in-bench receiver.
+    FastOtel,
     /// The Node.js reference worker against the fast APIs.
     Node,
     Slow,
@@ -53,6 +56,7 @@ impl Scenario {
             Kind::Ceiling => "ceiling: bare lapin, ack only".into(),
             Kind::Ceiling20 => "bare lapin, sleep 20 ms, ack".into(),
             Kind::Fast => "bridge, APIs answer at once".into(),
+            Kind::FastOtel => "bridge, OTel export on, fast".into(),
             Kind::Node => "node reference, fast APIs".into(),
             Kind::Slow => "bridge, APIs answer in 20 ms".into(),
         }
@@ -99,6 +103,10 @@ pub struct Run {
     /// TCP connections opened on the machine over the window, the
     /// benchmark's own `/metrics` polls excluded.
     pub tcp_opens: u64,
+    /// OTel scenario: what the OTLP receiver got from start to exit.
+    pub otlp: Option<OtlpCount>,
+    /// OTel scenario: `bridge_otel_spans_dropped_total` at the last poll.
+    pub otel_dropped: Option<f64>,
 }
 
 impl Run {

@@ -1,5 +1,5 @@
-//! Worker processes under test: `fanout-bridge run` or the Node.js
-//! reference worker, against the
+//! Worker processes under test: `fanout-bridge run` (with or without
+//! OpenTelemetry export) or the Node.js reference worker, against the
 //! `demo-api` stand-ins, timed from `/readyz` to all messages settled.
 
 use std::{
@@ -15,7 +15,7 @@ use tokio::runtime::Runtime;
 use crate::{
     broker::{delete_queues, fresh_queue, prefill, remember_queue},
     config::Cfg,
-    http::{gauge, metric, tail, Http},
+    http::{gauge, metric, tail, Http, OtlpReceiver},
     process::{free_port, tcp_active_opens, vm_hwm_kib, ChildGuard, SplitProbe},
     scenarios::Run,
     Res, BIN, STALL,
@@ -35,6 +35,8 @@ pub struct Ctx<'a> {
 /// The process under test.
 pub enum Program<'a> {
     Bridge,
+    /// The bridge with `OTEL_EXPORTER_OTLP_ENDPOINT` set to this receiver.
+    BridgeOtel(&'a OtlpReceiver),
     /// `node <worker.js>`, the Node.js reference.
     Node(&'a Path),
 }
@@ -129,17 +131,20 @@ pub fn worker_run(
                 cmd.arg(script);
                 ("node reference worker", cmd)
             }
-            Program::Bridge => {
+            Program::Bridge | Program::BridgeOtel(_) => {
                 let mut cmd = Command::new(BIN);
                 cmd.arg("run");
                 ("worker", cmd)
             }
         };
-        // Only the settings below: none of the shell's BRIDGE_*.
+        // Only the settings below: none of the shell's BRIDGE_* or OTEL_*.
         for (k, _) in std::env::vars() {
-            if k.starts_with("BRIDGE_") {
+            if k.starts_with("BRIDGE_") || k.starts_with("OTEL_") {
                 cmd.env_remove(k);
             }
+        }
+        if let Program::BridgeOtel(receiver) = program {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint());
         }
         let (user_url, log_url) = apis.urls();
         cmd.env("BRIDGE_AMQP_URL", &cfg.amqp)
@@ -155,6 +160,10 @@ pub fn worker_run(
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
+        let otlp0 = match program {
+            Program::BridgeOtel(r) => Some(r.count()),
+            _ => None,
+        };
         let mut worker = ChildGuard::spawn(name, &mut cmd)?;
         ctx.http.wait_ok(
             metrics_port,
@@ -175,7 +184,7 @@ pub fn worker_run(
         let mut polls = 0u64;
         let (mut in_flight_sum, mut in_flight_samples) = (0.0, 0u32);
         let (mut last, mut last_change) = (0u64, Instant::now());
-        let (seconds, split, tcp_opens) = loop {
+        let (seconds, split, tcp_opens, text) = loop {
             std::thread::sleep(POLL);
             polls += 1;
             let text = match ctx.http.get(metrics_port, "/metrics") {
@@ -200,7 +209,7 @@ pub fn worker_run(
                         log.display()
                     ));
                 }
-                break (seconds, split, tcp_opens);
+                break (seconds, split, tcp_opens, text);
             }
             if settled != last {
                 (last, last_change) = (settled, Instant::now());
@@ -240,6 +249,11 @@ pub fn worker_run(
             in_flight: (in_flight_samples > 0)
                 .then(|| in_flight_sum / f64::from(in_flight_samples)),
             tcp_opens,
+            otlp: match (program, otlp0) {
+                (Program::BridgeOtel(r), Some(c0)) => Some(r.count() - c0),
+                _ => None,
+            },
+            otel_dropped: gauge(&text, "bridge_otel_spans_dropped_total"),
         })
     })();
     rt.block_on(delete_queues(&cfg.amqp, Some(&[queue, dlq])));
