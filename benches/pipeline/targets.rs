@@ -146,7 +146,7 @@ pub fn print(cfg: &Cfg, scenarios: &[Scenario]) {
         match s.and_then(p99) {
             Some(v) => println!(
                 "  {} p99 delivery → ack, {what}, prefetch {pf}: {v:.1} ms (before issue 11: {before:.1} ms, \
-                 one run each; ±3 ms is run-to-run noise)",
+                 one run each: a small difference is noise)",
                 verdict(v <= before)
             ),
             None => println!(
