@@ -113,44 +113,19 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
     let started = Instant::now();
     for round in 1..=cfg.rounds {
         for s in scenarios.iter_mut() {
-            let hold = (s.kind == Kind::Ceiling20).then_some(Duration::from_millis(20));
-            let result = match (s.kind, &otlp, &cfg.node) {
-                (Kind::Ceiling | Kind::Ceiling20, _, _) => {
+            let (apis, program) = match (s.kind, &otlp, &cfg.node) {
+                (Kind::Slow, _, _) => (&slow_api, Program::Bridge),
+                (Kind::FastOtel, Some(r), _) => (&fast_api, Program::BridgeOtel(r)),
+                (Kind::Node, _, Some(script)) => (&fast_api, Program::Node(script)),
+                (Kind::FastOtel | Kind::Node, _, _) => unreachable!("scenario not configured"),
+                _ => (&fast_api, Program::Bridge),
+            };
+            let result = match s.kind {
+                Kind::Ceiling | Kind::Ceiling20 => {
+                    let hold = (s.kind == Kind::Ceiling20).then_some(Duration::from_millis(20));
                     rt.block_on(ceiling_run(cfg, &broker, s.prefetch, s.messages, hold))
                 }
-                (Kind::Fast, _, _) => worker_run(
-                    &ctx,
-                    &fast_api,
-                    &Program::Bridge,
-                    s.prefetch,
-                    s.messages,
-                    false,
-                ),
-                (Kind::FastOtel, Some(r), _) => worker_run(
-                    &ctx,
-                    &fast_api,
-                    &Program::BridgeOtel(r),
-                    s.prefetch,
-                    s.messages,
-                    false,
-                ),
-                (Kind::Node, _, Some(script)) => worker_run(
-                    &ctx,
-                    &fast_api,
-                    &Program::Node(script),
-                    s.prefetch,
-                    s.messages,
-                    false,
-                ),
-                (Kind::Slow, _, _) => worker_run(
-                    &ctx,
-                    &slow_api,
-                    &Program::Bridge,
-                    s.prefetch,
-                    s.messages,
-                    false,
-                ),
-                (Kind::FastOtel | Kind::Node, _, _) => unreachable!("scenario not configured"),
+                _ => worker_run(&ctx, apis, &program, s.prefetch, s.messages, false),
             };
             match result {
                 Ok(r) => {
