@@ -206,15 +206,17 @@ pub const CA_FILE: Doc = Doc {
     default: WhenUnset::Unset,
     help: "PEM bundle trusted in addition to the platform's roots (HTTPS APIs, amqps://).",
 };
+const CLIENT_CERT_HELP: &str =
+    "Client certificate and key (PEM) for the broker and the APIs (mutual TLS); set both or neither.";
 pub const TLS_CERT_FILE: Doc = Doc {
     name: "BRIDGE_TLS_CERT_FILE",
     default: WhenUnset::Unset,
-    help: "Client certificate (PEM) for the broker and the APIs (mutual TLS); with BRIDGE_TLS_KEY_FILE.",
+    help: CLIENT_CERT_HELP,
 };
 pub const TLS_KEY_FILE: Doc = Doc {
     name: "BRIDGE_TLS_KEY_FILE",
     default: WhenUnset::Unset,
-    help: "Its private key (PEM); set both or neither.",
+    help: CLIENT_CERT_HELP,
 };
 
 /// Every setting, in the order `run --help` shows them.
@@ -276,27 +278,35 @@ pub const OTEL_SETTINGS: &[Doc] = &[
     },
 ];
 
-/// The settings part of `run --help`: every row with its default and meaning.
+/// The settings part of `run --help`: every row with its default and meaning;
+/// neighbours that differ only in name (the two APIs' tokens) share an entry.
 pub fn help() -> String {
     let mut out = String::from("Settings (environment; empty counts as unset):\n");
-    SETTINGS.iter().for_each(|doc| row(&mut out, doc));
+    entries(&mut out, SETTINGS);
     out.push_str("\nOpenTelemetry (standard variables):\n");
-    OTEL_SETTINGS.iter().for_each(|doc| row(&mut out, doc));
+    entries(&mut out, OTEL_SETTINGS);
     out.push_str("  OTEL_SERVICE_NAME and the other OTEL_* variables apply as usual.\n\n");
     out.push_str("A missing or bad setting exits 2 with a message naming the variable.");
     out
 }
 
-/// `  NAME   default D` (or `required`), then the meaning wrapped at 80
-/// columns under it.
-fn row(out: &mut String, doc: &Doc) {
-    let default = match doc.default {
-        WhenUnset::Required => "required".to_owned(),
-        d => format!("default {d}"),
-    };
-    out.push_str(&format!("  {:<26} {default}\n", doc.name));
+/// Per entry `  NAME[, NAME]   default D` (or `required`), then the meaning
+/// wrapped at 80 columns under it.
+fn entries(out: &mut String, rows: &[Doc]) {
+    for same in rows.chunk_by(|a, b| a.default == b.default && a.help == b.help) {
+        let names: Vec<&str> = same.iter().map(|doc| doc.name).collect();
+        let default = match same[0].default {
+            WhenUnset::Required => "required".to_owned(),
+            d => format!("default {d}"),
+        };
+        out.push_str(&format!("  {:<26} {default}\n", names.join(", ")));
+        wrap(out, same[0].help);
+    }
+}
+
+fn wrap(out: &mut String, text: &str) {
     let mut line = String::new();
-    for word in doc.help.split_whitespace() {
+    for word in text.split_whitespace() {
         if !line.is_empty() && 6 + line.len() + 1 + word.len() > 80 {
             out.push_str(&format!("      {line}\n"));
             line.clear();
@@ -307,4 +317,49 @@ fn row(out: &mut String, doc: &Doc) {
         line.push_str(word);
     }
     out.push_str(&format!("      {line}\n"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PREFIX;
+
+    #[test]
+    fn help_shows_every_row_with_its_default() {
+        let help = help();
+        for doc in SETTINGS.iter().chain(OTEL_SETTINGS) {
+            let line = help
+                .lines()
+                .find(|l| l.starts_with("  ") && l.split([',', ' ']).any(|w| w == doc.name))
+                .unwrap_or_else(|| panic!("{} not in:\n{help}", doc.name));
+            let default = match doc.default {
+                WhenUnset::Required => "required".to_owned(),
+                d => format!("default {d}"),
+            };
+            assert!(line.ends_with(&default), "{}: {line:?}", doc.name);
+        }
+        assert!(help.lines().all(|l| l.len() <= 80 || !l.contains(' ')));
+    }
+
+    #[test]
+    fn every_fixed_setting_names_itself_when_bad() {
+        // The typed rows: a value no parser takes (not even as a queue name)
+        // is refused naming the row; BRIDGE_LOG_EVENT takes any text.
+        let bad = "\u{1},".repeat(200);
+        for doc in SETTINGS
+            .iter()
+            .filter(|d| matches!(d.default, WhenUnset::Default(_)))
+            .filter(|d| d.name.starts_with(PREFIX) && !d.name.contains('<'))
+            .filter(|d| d.name != "BRIDGE_LOG_EVENT")
+        {
+            let pairs = [
+                ("BRIDGE_USER_API_URL", "http://u/x"),
+                ("BRIDGE_LOG_API_URL", "http://l/x"),
+                (doc.name, &bad),
+            ];
+            let raw = RawConfig::from_vars(pairs.map(|(k, v)| (k.to_owned(), v.to_owned())));
+            let e = raw.worker_config().unwrap_err().to_string();
+            assert!(e.contains(doc.name), "{}: {e}", doc.name);
+        }
+    }
 }
