@@ -5,6 +5,11 @@
 //! older spelling as well (`BRIDGE_USER_API_*`, `BRIDGE_LOG_API_*`); one
 //! setting spelled both ways is refused, since either choice would silently
 //! ignore a value the operator set.
+//!
+//! The rows of these variables (name pattern, default, meaning) are in the
+//! settings table (`table::TARGET_*`); their parsers are here, because a
+//! target's token is checked against its URL and the older spelling is
+//! looked up beside the new one.
 
 use std::{fmt, num::NonZeroU32};
 
@@ -115,11 +120,11 @@ impl RawConfig {
     pub(super) fn targets(&self) -> Result<Vec<TargetConfig>, ConfigError> {
         let list = self.get(TARGETS.name).unwrap_or(DEFAULT_TARGETS);
         let mut names: Vec<TargetName> = Vec::new();
-        let mut bad_list = Vec::new();
+        let mut problems = Vec::new();
         for item in list.split(',').map(str::trim) {
             match TargetName::parse(item) {
-                Err(e) => bad_list.push(invalid(TARGETS.name, list, &e.to_string())),
-                Ok(name) if names.contains(&name) => bad_list.push(invalid(
+                Err(e) => problems.push(invalid(TARGETS.name, list, &e.to_string())),
+                Ok(name) if names.contains(&name) => problems.push(invalid(
                     TARGETS.name,
                     list,
                     &format!("target {:?} is listed twice", name.as_str()),
@@ -129,7 +134,6 @@ impl RawConfig {
         }
         // Every listed target is checked, so all problems show at once.
         let mut rows = Vec::new();
-        let mut problems = bad_list;
         for name in names {
             match self.target(name) {
                 Ok(row) => rows.push(row),
