@@ -362,4 +362,24 @@ mod tests {
             assert!(e.contains(doc.name), "{}: {e}", doc.name);
         }
     }
+
+    #[test]
+    fn help_states_the_bounds_the_parsers_enforce() {
+        use crate::config::parse::{MAX_HTTP_TIMEOUT, MAX_PAUSE, MAX_RETRY_BACKOFF};
+        for (help, max) in [
+            (HTTP_TIMEOUT_MS.help, MAX_HTTP_TIMEOUT),
+            (RETRY_BACKOFF_MS.help, MAX_RETRY_BACKOFF),
+            (OUTAGE_PAUSE_MS.help, MAX_PAUSE),
+            (SHUTDOWN_GRACE_MS.help, MAX_PAUSE),
+        ] {
+            let bound = format!(" to {}", max.as_millis());
+            let after = help.split_once(&bound).map(|(_, rest)| rest);
+            let next = after.and_then(|rest| rest.chars().next());
+            assert!(next.is_some_and(|c| !c.is_ascii_digit()), "{help}");
+        }
+        assert!(TARGET_RATE_LIMIT
+            .help
+            .contains(&format!(" to {MAX_RATE_LIMIT};")));
+        assert!(PREFETCH.help.contains(&format!(" to {}.", u16::MAX)));
+    }
 }
