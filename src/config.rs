@@ -21,8 +21,8 @@ mod tests;
 use std::{collections::BTreeMap, fmt, net::SocketAddr, num::NonZeroU32, time::Duration};
 
 use lapin::uri::AMQPUri;
-pub use parse::{MAX_HTTP_TIMEOUT, MAX_PAUSE, MAX_RETRY_BACKOFF};
-pub use table::{DEFAULT_TARGETS, MAX_RATE_LIMIT};
+pub use parse::{MAX_HTTP_TIMEOUT, MAX_PAUSE, MAX_RATE_LIMIT, MAX_RETRY_BACKOFF};
+pub use table::DEFAULT_TARGETS;
 pub use targets::{redacted_url, TargetConfig};
 
 pub const PREFIX: &str = "BRIDGE_";

@@ -7,6 +7,7 @@
 use std::{fmt, net::SocketAddr, num::NonZeroU32, str::FromStr, time::Duration};
 
 use lapin::uri::AMQPUri;
+use url::Url;
 
 use super::{AmqpUri, LogFormat, OutagePolicy, QueueType, DEFAULT_HEARTBEAT_SECS};
 
@@ -20,6 +21,9 @@ pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
 /// useful value, and far below what a deadline (`Instant` + duration) can
 /// hold.
 pub const MAX_PAUSE: Duration = Duration::from_secs(24 * 60 * 60);
+/// The largest `_RATE_LIMIT`: the limiter remembers the start of every
+/// request in the past second, so the limit is also a memory bound.
+pub const MAX_RATE_LIMIT: u32 = 100_000;
 
 /// `VAR="value" is not valid: why`, with any credentials of a URL value
 /// (and their echo in `why`) replaced by `***`.
@@ -44,7 +48,7 @@ fn url_credentials(value: &str) -> Vec<&str> {
             Some(i) => &item[i + 3..],
             None => item.split_once(':').map_or(item, |(_, r)| r),
         };
-        let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+        let rest = rest.split_once(['?', '#']).map_or(rest, |(r, _)| r);
         if let Some((userinfo, _)) = rest.rsplit_once('@') {
             let userinfo = userinfo.trim_start_matches('/');
             if let Some((_, password)) = userinfo.split_once(':') {
@@ -200,4 +204,23 @@ fn amqp_uri(n: usize, part: &str) -> Result<AmqpUri, String> {
     // header frame is never split: lapin closes the connection on it and the
     // message is redelivered forever.
     Ok(AmqpUri(uri))
+}
+
+/// A target's `_URL`: `http://` or `https://` with a host.
+pub(super) fn http_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| e.to_string())?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(url),
+        "http" | "https" => Err("has no host".into()),
+        other => Err(format!("scheme {other:?} is not http or https")),
+    }
+}
+
+/// A target's `_RATE_LIMIT`: 1 to [`MAX_RATE_LIMIT`] requests per second.
+pub(super) fn rate_limit(s: &str) -> Result<NonZeroU32, String> {
+    let n = s.parse::<u64>().map_err(|e| e.to_string())?;
+    match u32::try_from(n).ok().filter(|n| *n <= MAX_RATE_LIMIT) {
+        None => Err(format!("must be at most {MAX_RATE_LIMIT}")),
+        Some(n) => NonZeroU32::new(n).ok_or_else(|| "must be at least 1".into()),
+    }
 }

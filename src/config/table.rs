@@ -157,10 +157,6 @@ pub const LOG_FORMAT: Setting<LogFormat> = Setting {
 /// `BRIDGE_TARGETS` when unset: the contract's two APIs.
 pub const DEFAULT_TARGETS: &str = "user-management,logging";
 
-/// The largest `_RATE_LIMIT`: the limiter remembers the start of every
-/// request in the past second, so the limit is also a memory bound.
-pub const MAX_RATE_LIMIT: u32 = 100_000;
-
 pub const TARGETS: Doc = Doc {
     name: "BRIDGE_TARGETS",
     default: WhenUnset::Default(DEFAULT_TARGETS),
@@ -365,7 +361,9 @@ mod tests {
 
     #[test]
     fn help_states_the_bounds_the_parsers_enforce() {
-        use crate::config::parse::{MAX_HTTP_TIMEOUT, MAX_PAUSE, MAX_RETRY_BACKOFF};
+        use crate::config::parse::{
+            MAX_HTTP_TIMEOUT, MAX_PAUSE, MAX_RATE_LIMIT, MAX_RETRY_BACKOFF,
+        };
         for (help, max) in [
             (HTTP_TIMEOUT_MS.help, MAX_HTTP_TIMEOUT),
             (RETRY_BACKOFF_MS.help, MAX_RETRY_BACKOFF),

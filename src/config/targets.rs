@@ -17,10 +17,9 @@ use url::Url;
 
 use super::{
     all_ok,
-    parse::{invalid, one_of},
+    parse::{http_url, invalid, one_of, rate_limit},
     table::{
-        Doc, DEFAULT_TARGETS, MAX_RATE_LIMIT, TARGETS, TARGET_BODY, TARGET_RATE_LIMIT,
-        TARGET_TOKEN, TARGET_URL,
+        Doc, DEFAULT_TARGETS, TARGETS, TARGET_BODY, TARGET_RATE_LIMIT, TARGET_TOKEN, TARGET_URL,
     },
     ConfigError, RawConfig, Secret, PREFIX,
 };
@@ -78,27 +77,6 @@ pub fn redacted_url(url: &Url) -> String {
     let _ = shown.set_password(None);
     let _ = shown.set_username("***");
     shown.to_string()
-}
-
-fn http_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s).map_err(|e| e.to_string())?;
-    match url.scheme() {
-        "http" | "https" if url.host().is_some() => Ok(url),
-        "http" | "https" => Err("has no host".into()),
-        other => Err(format!("scheme {other:?} is not http or https")),
-    }
-}
-
-fn rate_limit(s: &str) -> Result<NonZeroU32, String> {
-    match s.parse::<u64>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) if n > u64::from(MAX_RATE_LIMIT) => Err(format!("must be at most {MAX_RATE_LIMIT}")),
-        Ok(n) => u32::try_from(n)
-            .ok()
-            .and_then(NonZeroU32::new)
-            .ok_or_else(|| "out of range".into()),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 /// One setting of one target, as found in the environment.
