@@ -7,9 +7,10 @@
 //! ignore a value the operator set.
 //!
 //! The rows of these variables (name pattern, default, meaning) are in the
-//! settings table (`table::TARGET_*`); their parsers are here, because a
-//! target's token is checked against its URL and the older spelling is
-//! looked up beside the new one.
+//! settings table (`table::TARGET_*`), their parsers in `parse`; they are
+//! read here rather than through a typed row because a target's token is
+//! checked against its URL and the older spelling is looked up beside the
+//! new one.
 
 use std::{fmt, num::NonZeroU32};
 
