@@ -17,9 +17,12 @@ Examples:
   fanout-bridge dlq stats
   fanout-bridge completions bash > ~/.local/share/bash-completion/completions/fanout-bridge";
 
-/// `run --help`: an example, then every setting, its default and meaning.
-/// Kept beside the flags so that `--help` and the man page say the same.
-pub const RUN_LONG_HELP: &str = "\
+/// `run --help`: an example, then every setting, its default and meaning,
+/// rendered from the settings table (`crate::config::table`). Kept beside the
+/// flags so that `--help` and the man page say the same.
+pub fn run_long_help() -> String {
+    format!(
+        "\
 Example:
   BRIDGE_USER_API_URL=http://127.0.0.1:8080/users \\
   BRIDGE_LOG_API_URL=http://127.0.0.1:8080/logs \\
@@ -28,73 +31,10 @@ Example:
 Metrics, /healthz and /readyz are served on BRIDGE_METRICS_ADDR.
 SIGTERM or Ctrl-C drains in-flight messages for BRIDGE_SHUTDOWN_GRACE_MS, then exits 0.
 
-Settings (environment; empty counts as unset):
-  BRIDGE_AMQP_URL            default amqp://guest:guest@127.0.0.1:5672/%2f
-      Broker URL (amqps:// supported), or a comma-separated list of the URLs of
-      one cluster's nodes: each worker starts at a random one and moves on when
-      a connect fails or the session is lost. Heartbeat 10 s unless the URL sets
-      `heartbeat`; frame size the broker's unless a URL sets `frame_max`.
-  BRIDGE_QUEUE               default bridge.inbound
-      Queue consumed; declared durable if absent.
-  BRIDGE_DLQ                 default bridge.inbound.dlq
-      Dead-letter queue; declared durable if absent; must differ from BRIDGE_QUEUE.
-  BRIDGE_QUEUE_TYPE          default classic
-      classic, or quorum: both queues x-queue-type quorum, and the inbound queue
-      dead-letters to the DLQ what the broker gives up on (its delivery limit).
-  BRIDGE_USER_API_URL        required
-      User-management endpoint (POST; the message body byte for byte).
-  BRIDGE_LOG_API_URL         required
-      Logging endpoint (POST; the logging envelope).
-  BRIDGE_USER_API_TOKEN, BRIDGE_LOG_API_TOKEN      default unset
-      Sent as `Authorization: Bearer …`; never logged.
-  BRIDGE_USER_API_RATE_LIMIT, BRIDGE_LOG_API_RATE_LIMIT   default unset
-      At most this many requests to that API in any one-second window, retries
-      included. The limit is PER WORKER: N replicas send up to N times it.
-  BRIDGE_TARGETS             default user-management,logging
-      The targets every message goes to (lowercase letters, digits, `-`).
-  BRIDGE_TARGET_<N>_URL      required for each target N (N upper-cased, `-` as `_`)
-  BRIDGE_TARGET_<N>_TOKEN    default unset; Bearer token for target N
-  BRIDGE_TARGET_<N>_RATE_LIMIT  default unset; requests per second, PER WORKER
-  BRIDGE_TARGET_<N>_BODY     default raw; raw (body byte for byte) or envelope
-      The two default targets keep their own variables: user-management is
-      BRIDGE_USER_API_* (raw), logging is BRIDGE_LOG_API_* (envelope); setting
-      both spellings of one setting is an error.
-  BRIDGE_CA_FILE             default unset
-      PEM bundle trusted in addition to the platform's roots (HTTPS APIs, amqps://).
-  BRIDGE_TLS_CERT_FILE, BRIDGE_TLS_KEY_FILE        default unset
-      Client certificate and key (PEM) for the broker and the APIs (mutual TLS).
-  BRIDGE_PREFETCH            default 64
-      Messages in flight per worker (AMQP QoS); at least 1.
-  BRIDGE_HTTP_TIMEOUT_MS     default 10000
-      Timeout of one HTTP attempt.
-  BRIDGE_MAX_ATTEMPTS        default 3
-      Attempts per API for a transient failure (1 = no retry).
-  BRIDGE_RETRY_BACKOFF_MS    default 200
-      First backoff; doubles each retry, with jitter.
-  BRIDGE_OUTAGE_POLICY       default dead-letter
-      dead-letter, or hold: a message whose only failures were transient goes
-      back to the inbound queue and the worker pauses.
-  BRIDGE_OUTAGE_PAUSE_MS     default 5000
-      With hold: how long the worker takes no new message after such a failure.
-  BRIDGE_LOG_EVENT           default user.registered
-      Event name for the logging API when the message has no AMQP `type`.
-  BRIDGE_METRICS_ADDR        default 0.0.0.0:9464
-      Listener for /metrics, /healthz, /readyz.
-  BRIDGE_SHUTDOWN_GRACE_MS   default 30000
-      How long in-flight messages may finish after SIGTERM/SIGINT.
-  BRIDGE_LOG_FORMAT          default text
-      text or json (log lines on stderr; text has no colour unless stderr is a
-      terminal).
-  RUST_LOG                   default info
-      Log level and filter.
-
-OpenTelemetry (standard variables):
-  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT   default unset
-      When set, a span per message and per API attempt is exported over
-      OTLP/HTTP; an unreachable collector costs spans, never messages.
-  OTEL_SERVICE_NAME and the other OTEL_* variables apply as usual.
-
-A missing or bad setting exits 2 with a message naming the variable.";
+{}",
+        crate::config::table::help()
+    )
+}
 
 /// How a command prints its result on stdout.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -130,7 +70,7 @@ Example:
 Metrics, /healthz and /readyz are served on BRIDGE_METRICS_ADDR (default 0.0.0.0:9464).
 SIGTERM or Ctrl-C drains in-flight messages for BRIDGE_SHUTDOWN_GRACE_MS, then exits 0.
 Every setting, its default and meaning: `fanout-bridge run --help`.",
-        after_long_help = RUN_LONG_HELP)]
+        after_long_help = run_long_help())]
     Run,
 
     /// Publish JSON lines (from FILE, or stdin) to the inbound queue, with confirms

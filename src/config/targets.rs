@@ -5,20 +5,26 @@
 //! older spelling as well (`BRIDGE_USER_API_*`, `BRIDGE_LOG_API_*`); one
 //! setting spelled both ways is refused, since either choice would silently
 //! ignore a value the operator set.
+//!
+//! The rows of these variables (name pattern, default, meaning) are in the
+//! settings table (`table::TARGET_*`), their parsers in `parse`; they are
+//! read here rather than through a typed row because a target's token is
+//! checked against its URL and the older spelling is looked up beside the
+//! new one.
 
 use std::{fmt, num::NonZeroU32};
 
 use url::Url;
 
-use super::{invalid, one_of, Problems, RawConfig, Secret, PREFIX};
+use super::{
+    all_ok,
+    parse::{http_url, invalid, one_of, rate_limit},
+    table::{
+        Doc, DEFAULT_TARGETS, TARGETS, TARGET_BODY, TARGET_RATE_LIMIT, TARGET_TOKEN, TARGET_URL,
+    },
+    ConfigError, RawConfig, Secret, PREFIX,
+};
 use crate::domain::{message::is_header_safe, BodyShape, TargetName};
-
-/// `BRIDGE_TARGETS` when unset: the contract's two APIs.
-pub const DEFAULT_TARGETS: &str = "user-management,logging";
-
-/// The largest `_RATE_LIMIT`: the limiter remembers the start of every
-/// request in the past second, so the limit is also a memory bound.
-pub const MAX_RATE_LIMIT: u32 = 100_000;
 
 const BODIES: &[(&str, BodyShape)] = &[("raw", BodyShape::Raw), ("envelope", BodyShape::Envelope)];
 
@@ -74,80 +80,58 @@ pub fn redacted_url(url: &Url) -> String {
     shown.to_string()
 }
 
-fn http_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s).map_err(|e| e.to_string())?;
-    match url.scheme() {
-        "http" | "https" if url.host().is_some() => Ok(url),
-        "http" | "https" => Err("has no host".into()),
-        other => Err(format!("scheme {other:?} is not http or https")),
-    }
-}
-
-fn rate_limit(s: &str) -> Result<NonZeroU32, String> {
-    match s.parse::<u64>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) if n > u64::from(MAX_RATE_LIMIT) => Err(format!("must be at most {MAX_RATE_LIMIT}")),
-        Ok(n) => u32::try_from(n)
-            .ok()
-            .and_then(NonZeroU32::new)
-            .ok_or_else(|| "out of range".into()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// One setting of one target, as found in the environment.
 struct Found<'a> {
     variable: String,
     value: &'a str,
 }
 
-/// Why a setting has no usable value; the problem is already recorded.
-struct Reported;
+impl Found<'_> {
+    /// The value through `parse`; a refusal names the variable.
+    fn parse<T>(&self, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        parse(self.value).map_err(|why| ConfigError::one(invalid(&self.variable, self.value, &why)))
+    }
+}
 
 impl RawConfig {
-    /// The targets of `BRIDGE_TARGETS`, each with its settings. Records every
-    /// problem; `None` if there was one.
-    pub(super) fn targets(&self, p: &mut Problems) -> Option<Vec<TargetConfig>> {
-        let list = self
-            .targets
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .unwrap_or(DEFAULT_TARGETS);
+    /// The targets of `BRIDGE_TARGETS`, each with its settings; every
+    /// problem of the list and of each well-named target is reported.
+    pub(super) fn targets(&self) -> Result<Vec<TargetConfig>, ConfigError> {
+        let list = self.get(TARGETS.name).unwrap_or(DEFAULT_TARGETS);
         let mut names: Vec<TargetName> = Vec::new();
-        let mut ok = true;
+        let mut problems = Vec::new();
         for item in list.split(',').map(str::trim) {
             match TargetName::parse(item) {
-                Err(e) => {
-                    p.0.push(format!("{PREFIX}TARGETS={list:?} is not valid: {e}"));
-                    ok = false;
-                }
-                Ok(name) if names.contains(&name) => {
-                    p.0.push(format!(
-                        "{PREFIX}TARGETS={list:?} is not valid: target {:?} is listed twice",
-                        name.as_str()
-                    ));
-                    ok = false;
-                }
+                Err(e) => problems.push(invalid(TARGETS.name, list, &e.to_string())),
+                Ok(name) if names.contains(&name) => problems.push(invalid(
+                    TARGETS.name,
+                    list,
+                    &format!("target {:?} is listed twice", name.as_str()),
+                )),
                 Ok(name) => names.push(name),
             }
         }
         // Every listed target is checked, so all problems show at once.
-        let rows: Vec<Option<TargetConfig>> =
-            names.into_iter().map(|n| self.target(p, n)).collect();
-        if !ok {
-            return None;
+        let mut rows = Vec::new();
+        for name in names {
+            match self.target(name) {
+                Ok(row) => rows.push(row),
+                Err(e) => problems.extend(e.problems),
+            }
         }
-        rows.into_iter().collect()
+        if problems.is_empty() {
+            Ok(rows)
+        } else {
+            Err(ConfigError { problems })
+        }
     }
 
-    fn target(&self, p: &mut Problems, name: TargetName) -> Option<TargetConfig> {
-        let mut url_variable = String::new();
-        let url = match self.setting(p, &name, "URL") {
-            Err(Reported) => None,
+    fn target(&self, name: TargetName) -> Result<TargetConfig, ConfigError> {
+        let url = match self.setting(&name, &TARGET_URL) {
+            Err(e) => Err(e),
             Ok(None) => {
                 let key = name.env_key();
-                p.0.push(match legacy(&name) {
+                Err(ConfigError::one(match legacy(&name) {
                     Some((old, _)) => format!(
                         "{PREFIX}{old}_URL is required but not set (or set {PREFIX}TARGET_{key}_URL)"
                     ),
@@ -155,93 +139,62 @@ impl RawConfig {
                         "{PREFIX}TARGET_{key}_URL is required but not set (target {:?} is in {PREFIX}TARGETS)",
                         name.as_str()
                     ),
-                });
-                None
+                }))
             }
-            Ok(Some(f)) => {
-                let url = http_url(f.value).map_err(|why| invalid(&f.variable, f.value, &why));
-                url_variable = f.variable;
-                p.check(url)
-            }
+            Ok(Some(f)) => f.parse(http_url).map(|url| (url, f.variable)),
         };
-        let url_has_credentials = url
-            .as_ref()
-            .is_some_and(|u| !u.username().is_empty() || u.password().is_some());
-        let token = match self.setting(p, &name, "TOKEN") {
-            Err(Reported) => None,
-            Ok(None) => Some(None),
-            // Both would be an Authorization header, and one would be lost.
-            Ok(Some(f)) if url_has_credentials => {
-                p.0.push(format!(
+        let token = match self.setting(&name, &TARGET_TOKEN) {
+            Err(e) => Err(e),
+            Ok(None) => Ok(None),
+            Ok(Some(f)) => match &url {
+                // Both would be an Authorization header, and one would be lost.
+                Ok((url, url_variable)) if has_credentials(url) => Err(ConfigError::one(format!(
                     "{} is set and {url_variable} carries credentials (user:password@): use one of them",
                     f.variable
-                ));
-                None
-            }
-            // The value is never echoed: it is the secret.
-            Ok(Some(f)) if is_header_safe(f.value) => Some(Some(Secret::new(f.value))),
-            Ok(Some(f)) => {
-                p.0.push(format!(
+                ))),
+                // The value is never echoed: it is the secret.
+                _ if is_header_safe(f.value) => Ok(Some(Secret::new(f.value))),
+                _ => Err(ConfigError::one(format!(
                     "{} is not valid: it cannot be sent as an HTTP header value (it holds a control character, such as a line break)",
                     f.variable
-                ));
-                None
-            }
+                ))),
+            },
         };
-        let rate_limit = match self.setting(p, &name, "RATE_LIMIT") {
-            Err(Reported) => None,
-            Ok(None) => Some(None),
-            Ok(Some(f)) => p.check(
-                rate_limit(f.value)
-                    .map(Some)
-                    .map_err(|why| invalid(&f.variable, f.value, &why)),
-            ),
+        let rate_limit = match self.setting(&name, &TARGET_RATE_LIMIT) {
+            Ok(Some(f)) => f.parse(rate_limit).map(Some),
+            other => other.map(|_| None),
         };
         let default_body = legacy(&name).map_or(BodyShape::Raw, |(_, body)| body);
-        let body = match self.setting(p, &name, "BODY") {
-            Err(Reported) => None,
-            Ok(None) => Some(default_body),
-            Ok(Some(f)) => {
-                p.check(one_of(BODIES)(f.value).map_err(|why| invalid(&f.variable, f.value, &why)))
-            }
+        let body = match self.setting(&name, &TARGET_BODY) {
+            Ok(Some(f)) => f.parse(|s| one_of(s, BODIES)),
+            other => other.map(|_| default_body),
         };
-        Some(TargetConfig {
+        all_ok!(url, token, rate_limit, body);
+        let (url, _) = url;
+        Ok(TargetConfig {
             name,
-            url: url?,
-            token: token?,
-            rate_limit: rate_limit?,
-            body: body?,
+            url,
+            token,
+            rate_limit,
+            body,
         })
     }
 
-    /// The value of one setting of a target, in whichever spelling was used;
-    /// both spellings at once is a problem. Empty values count as unset.
-    fn setting(
-        &self,
-        p: &mut Problems,
-        name: &TargetName,
-        key: &str,
-    ) -> Result<Option<Found<'_>>, Reported> {
-        let get = |variable: &str| {
-            self.target_vars
-                .get(variable)
-                .map(|v| v.trim())
-                .filter(|v| !v.is_empty())
-        };
-        let new = format!("{PREFIX}TARGET_{}_{key}", name.env_key());
+    /// The value of one setting (`row`, a `BRIDGE_TARGET_<N>_*` pattern) of
+    /// a target, in whichever spelling was used; both spellings at once is
+    /// a problem. Empty values count as unset.
+    fn setting(&self, name: &TargetName, row: &Doc) -> Result<Option<Found<'_>>, ConfigError> {
+        let new = row.name.replace("<N>", &name.env_key());
         // The older spelling never had a BODY: its shape was fixed.
         let old = legacy(name)
-            .filter(|_| key != "BODY")
-            .map(|(old, _)| format!("{PREFIX}{old}_{key}"));
-        let old_value = old.as_deref().and_then(get);
-        match (old, old_value, get(&new)) {
-            (Some(old), Some(_), Some(_)) => {
-                p.0.push(format!(
-                    "{old} and {new} are both set: they are two spellings of one setting of target {:?}; set only one",
-                    name.as_str()
-                ));
-                Err(Reported)
-            }
+            .filter(|_| row.name != TARGET_BODY.name)
+            .map(|(old, _)| row.name.replace("TARGET_<N>", old));
+        let old_value = old.as_deref().and_then(|v| self.get(v));
+        match (old, old_value, self.get(&new)) {
+            (Some(old), Some(_), Some(_)) => Err(ConfigError::one(format!(
+                "{old} and {new} are both set: they are two spellings of one setting of target {:?}; set only one",
+                name.as_str()
+            ))),
             (Some(old), Some(value), None) => Ok(Some(Found {
                 variable: old,
                 value,
@@ -253,4 +206,8 @@ impl RawConfig {
             (_, _, None) => Ok(None),
         }
     }
+}
+
+fn has_credentials(url: &Url) -> bool {
+    !url.username().is_empty() || url.password().is_some()
 }

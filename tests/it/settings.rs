@@ -153,3 +153,68 @@ async fn a_duration_the_worker_cannot_honour_exits_2() {
         refused(&[(variable, value)], variable, "").await;
     }
 }
+
+/// The README's settings table (under "### Settings"): each variable named
+/// in a row's first cell, with that row's default cell (backticks and bold
+/// dropped).
+fn readme_settings() -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md at the repository root");
+    let section = readme
+        .split("\n### Settings\n")
+        .nth(1)
+        .expect("a \"### Settings\" section in README.md");
+    let mut rows = Vec::new();
+    for line in section
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+    {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let default = cells[2].replace(['`', '*'], "");
+        for name in cells[1].split(',') {
+            rows.push((name.trim().trim_matches('`').to_owned(), default.clone()));
+        }
+    }
+    rows
+}
+
+/// Every `BRIDGE_*` (and `OTEL_*`) row of the settings table that drives
+/// parsing and `run --help` is in the README's table with the same default,
+/// and the README lists no `BRIDGE_*` variable the table lacks.
+#[test]
+fn the_readme_settings_table_matches_the_settings_table() {
+    use fanout_bridge::config::table::{WhenUnset, OTEL_SETTINGS, SETTINGS};
+    let readme = readme_settings();
+    let mut problems = Vec::new();
+    // RUST_LOG has no row of its own in the README (BRIDGE_LOG_FORMAT's says it).
+    let documented = SETTINGS.iter().filter(|d| d.name.starts_with("BRIDGE_"));
+    for doc in documented.chain(OTEL_SETTINGS) {
+        let Some((_, shown)) = readme.iter().find(|(name, _)| name == doc.name) else {
+            problems.push(format!("{} is not in README.md's settings table", doc.name));
+            continue;
+        };
+        let same = match doc.default {
+            WhenUnset::Default(value) => shown == value,
+            WhenUnset::Unset => shown == "unset",
+            // "required", or "required per target" for a pattern row.
+            WhenUnset::Required => shown.split_whitespace().next() == Some("required"),
+        };
+        if !same {
+            problems.push(format!(
+                "{}: README.md says {shown:?}, the settings table {}",
+                doc.name, doc.default
+            ));
+        }
+    }
+    for (name, _) in readme.iter().filter(|(n, _)| n.starts_with("BRIDGE_")) {
+        if !SETTINGS.iter().any(|d| d.name == name) {
+            problems.push(format!(
+                "README.md lists {name}, the settings table does not"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(readme.len() > 20, "the table was found: {readme:?}");
+}
