@@ -9,25 +9,22 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::info;
 
 use crate::{
-    broker::{supervisor::Supervisor, BrokerError},
-    config::WorkerConfig,
-    metrics::Metrics,
-    ops::{self, Health},
-    worker::Worker,
+    broker::BrokerError, config::WorkerConfig, delivery::DeliveryHandler, health::Health,
+    metrics::Metrics, ops, supervisor::Supervisor,
 };
 
 /// A worker ready to run.
-pub struct Application {
+pub struct Worker {
     config: WorkerConfig,
     metrics: Metrics,
     health: Health,
 }
 
-impl Application {
+impl Worker {
     pub fn new(config: WorkerConfig) -> Self {
         let metrics = Metrics::new();
         let health = Health::new(metrics.clone());
-        Application {
+        Worker {
             config,
             metrics,
             health,
@@ -55,7 +52,11 @@ impl Application {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let (pause_tx, pause_rx) = watch::channel(None);
-        let worker = Arc::new(Worker::new(&self.config, self.metrics.clone(), pause_tx)?);
+        let handler = Arc::new(DeliveryHandler::new(
+            &self.config,
+            self.metrics.clone(),
+            pause_tx,
+        )?);
         if let Ok(addr) = ops_listener.local_addr() {
             info!(%addr, "serving /metrics, /healthz and /readyz");
         }
@@ -70,7 +71,7 @@ impl Application {
             broker: self.config.broker.clone(),
             prefetch: self.config.prefetch,
             shutdown_grace: self.config.shutdown_grace,
-            worker,
+            handler,
             metrics: self.metrics.clone(),
             health: self.health.clone(),
             pause: pause_rx,

@@ -19,7 +19,7 @@ use axum::{
     Router,
 };
 use fanout_bridge::{
-    app::Application,
+    app,
     config::RawConfig,
     metrics::{Metrics, Outcome},
 };
@@ -456,7 +456,7 @@ impl Worker {
             .expect("test settings are valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ops = listener.local_addr().unwrap();
-        let app = Application::new(config);
+        let app = app::Worker::new(config);
         let metrics = app.metrics().clone();
         let health = app.health().clone();
         let stop = CancellationToken::new();
