@@ -13,7 +13,7 @@ use std::{
 use opentelemetry::Context;
 use opentelemetry_sdk::{
     error::OTelSdkResult,
-    trace::{BatchSpanProcessor, SpanData, SpanExporter, SpanProcessor},
+    trace::{BatchConfig, BatchSpanProcessor, SpanData, SpanExporter, SpanProcessor},
     Resource,
 };
 use prometheus::IntCounter;
@@ -33,11 +33,38 @@ pub static SPANS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
 /// seen here.
 #[derive(Debug)]
 pub(super) struct BoundedProcessor {
-    pub(super) inner: BatchSpanProcessor,
+    inner: BatchSpanProcessor,
     /// Spans handed to `inner` and not yet given to the exporter: at least
     /// what its queue holds.
-    pub(super) pending: Arc<AtomicUsize>,
-    pub(super) max_queue: usize,
+    pending: Arc<AtomicUsize>,
+    max_queue: usize,
+}
+
+impl BoundedProcessor {
+    /// A batch processor with `config` (whose queue size must be
+    /// `max_queue`) exporting through `exporter`, every drop counted;
+    /// `secrets` are kept out of the export errors it logs.
+    pub(super) fn new<E: SpanExporter + 'static>(
+        exporter: E,
+        secrets: Vec<String>,
+        max_queue: usize,
+        config: BatchConfig,
+    ) -> Self {
+        let pending = Arc::new(AtomicUsize::new(0));
+        let inner = BatchSpanProcessor::builder(CountingExporter {
+            inner: exporter,
+            pending: Arc::clone(&pending),
+            last_warning: std::sync::Mutex::default(),
+            secrets,
+        })
+        .with_batch_config(config)
+        .build();
+        BoundedProcessor {
+            inner,
+            pending,
+            max_queue,
+        }
+    }
 }
 
 impl SpanProcessor for BoundedProcessor {
@@ -72,12 +99,12 @@ impl SpanProcessor for BoundedProcessor {
 
 /// The OTLP exporter, counting the spans of a batch the collector did not take.
 #[derive(Debug)]
-pub(super) struct CountingExporter<E> {
-    pub(super) inner: E,
-    pub(super) pending: Arc<AtomicUsize>,
-    pub(super) last_warning: std::sync::Mutex<Option<std::time::Instant>>,
+struct CountingExporter<E> {
+    inner: E,
+    pending: Arc<AtomicUsize>,
+    last_warning: std::sync::Mutex<Option<std::time::Instant>>,
     /// The endpoint's user and password, kept out of the log line.
-    pub(super) secrets: Vec<String>,
+    secrets: Vec<String>,
 }
 
 impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
@@ -146,27 +173,18 @@ mod tests {
     #[test]
     fn a_hanging_collector_never_blocks_and_every_drop_is_counted() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let pending = Arc::new(AtomicUsize::new(0));
-        let batch = BatchSpanProcessor::builder(CountingExporter {
-            inner: Stuck(Arc::clone(&gate)),
-            pending: Arc::clone(&pending),
-            last_warning: Mutex::default(),
-            secrets: Vec::new(),
-        })
-        .with_batch_config(
+        let processor = BoundedProcessor::new(
+            Stuck(Arc::clone(&gate)),
+            Vec::new(),
+            8,
             BatchConfigBuilder::default()
                 .with_max_queue_size(8)
                 .with_max_export_batch_size(2)
                 .with_scheduled_delay(Duration::from_millis(5))
                 .build(),
-        )
-        .build();
+        );
         let provider = SdkTracerProvider::builder()
-            .with_span_processor(BoundedProcessor {
-                inner: batch,
-                pending,
-                max_queue: 8,
-            })
+            .with_span_processor(processor)
             .build();
         let tracer = provider.tracer("test");
         let before = SPANS_DROPPED.get();

@@ -18,21 +18,21 @@
 mod dropped;
 mod spans;
 
+use dropped::BoundedProcessor;
 pub use dropped::SPANS_DROPPED;
-use dropped::{BoundedProcessor, CountingExporter};
 pub use spans::{attempt_span, inject, message_span, record_error, record_status};
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+        OnceLock,
     },
     time::Duration,
 };
 
 use opentelemetry::{trace::TracerProvider as _, KeyValue};
 use opentelemetry_sdk::{
-    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider},
+    trace::{BatchConfigBuilder, SdkTracerProvider},
     Resource,
 };
 use tracing_subscriber::{
@@ -115,26 +115,12 @@ pub fn layer() -> Result<Option<OtelLayer>, String> {
         .with_http()
         .build()
         .map_err(|e| format!("{}: cannot build the OTLP exporter ({e})", endpoint.0))?;
-    let pending = Arc::new(AtomicUsize::new(0));
-    let batch = BatchSpanProcessor::builder(CountingExporter {
-        inner: exporter,
-        pending: Arc::clone(&pending),
-        last_warning: std::sync::Mutex::default(),
-        secrets,
-    })
     // OTEL_BSP_* are read by the default; the queue size is the one we bound.
-    .with_batch_config(
-        BatchConfigBuilder::default()
-            .with_max_queue_size(max_queue)
-            .build(),
-    )
-    .build();
+    let config = BatchConfigBuilder::default()
+        .with_max_queue_size(max_queue)
+        .build();
     let provider = SdkTracerProvider::builder()
-        .with_span_processor(BoundedProcessor {
-            inner: batch,
-            pending,
-            max_queue,
-        })
+        .with_span_processor(BoundedProcessor::new(exporter, secrets, max_queue, config))
         .with_resource(resource())
         .build();
     let tracer = provider.tracer("fanout-bridge");

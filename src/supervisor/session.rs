@@ -18,8 +18,10 @@ use crate::{
 
 /// Bounds opening a session (connect, declare, QoS, publisher).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bounds the wait for a publisher confirm.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the worker waits for the confirm of a dead-letter or hold
+/// republish (the commands wait longer: `commands::broker_session`'s
+/// `CONFIRM_TIMEOUT`, 30 s).
+const WORKER_CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One generation of broker connections, on one node.
 pub(super) struct Session {
@@ -68,7 +70,13 @@ impl Session {
                 .await
                 .map_err(BrokerError::amqp("setting the prefetch"))?;
             let publish_conn = Arc::new(connect_node(cfg, index, "publisher").await?);
-            match Publisher::pooled(Arc::clone(&publish_conn), cfg.clone(), CONFIRM_TIMEOUT).await {
+            match Publisher::pooled(
+                Arc::clone(&publish_conn),
+                cfg.clone(),
+                WORKER_CONFIRM_TIMEOUT,
+            )
+            .await
+            {
                 Ok(p) => Ok((channel, publish_conn, p)),
                 Err(e) => {
                     close(&publish_conn).await;
