@@ -25,7 +25,7 @@ use crate::{
 /// One sample in this many is deliberately not JSON, to show the DLQ.
 const MALFORMED_EVERY: u64 = 100;
 /// The logging stand-in's failure rate (contract: 5 %).
-const LOG_FAIL_RATE: f64 = 0.05;
+const LOGGING_API_FAIL_RATE: f64 = 0.05;
 
 /// The sample registrations: JSON lines, every [`MALFORMED_EVERY`]th broken.
 pub fn sample_lines(count: u64) -> Vec<u8> {
@@ -68,7 +68,7 @@ pub async fn run(raw: &RawConfig, count: u64) -> anyhow::Result<ExitCode> {
     let broker = raw.broker_config()?;
     let stop = shutdown::on_signal().context("installing signal handlers")?;
     let user = stand_in(0.0, stop.clone()).await?;
-    let logging_api = stand_in(LOG_FAIL_RATE, stop.clone()).await?;
+    let logging_api = stand_in(LOGGING_API_FAIL_RATE, stop.clone()).await?;
     let config = raw
         .with_api_urls(
             format!("http://{user}/users"),
