@@ -138,6 +138,15 @@ async fn spans_per_message_and_attempt_reach_the_collector_and_the_apis() {
             &format!("00-{TRACE_ID}-{PARENT_ID}-01"),
         )]));
     broker.publish(br#"{"traced":true}"#, props).await;
+    // The logging API's one 503 must go to otel-1: the second message is
+    // published once the first is settled.
+    wait_until("otel-1 acked", Duration::from_secs(20), || async {
+        worker
+            .metric("bridge_messages_total{outcome=\"acked\"}")
+            .await
+            == 1.0
+    })
+    .await;
     // A message without traceparent starts a trace of its own.
     broker
         .publish(
