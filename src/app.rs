@@ -9,25 +9,27 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::info;
 
 use crate::{
-    broker::{supervisor::Supervisor, BrokerError},
-    config::WorkerConfig,
+    broker::BrokerError,
+    config::{TargetConfig, WorkerConfig},
+    delivery::DeliveryHandler,
+    health::Health,
     metrics::Metrics,
-    ops::{self, Health},
-    worker::Worker,
+    ops,
+    supervisor::Supervisor,
 };
 
 /// A worker ready to run.
-pub struct Application {
+pub struct Worker {
     config: WorkerConfig,
     metrics: Metrics,
     health: Health,
 }
 
-impl Application {
+impl Worker {
     pub fn new(config: WorkerConfig) -> Self {
         let metrics = Metrics::new();
         let health = Health::new(metrics.clone());
-        Application {
+        Worker {
             config,
             metrics,
             health,
@@ -55,7 +57,17 @@ impl Application {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let (pause_tx, pause_rx) = watch::channel(None);
-        let worker = Arc::new(Worker::new(&self.config, self.metrics.clone(), pause_tx)?);
+        let handler = Arc::new(DeliveryHandler::new(
+            &self.config,
+            self.metrics.clone(),
+            pause_tx,
+        )?);
+        info!(
+            targets = self.config.targets.len(),
+            rate_limit_per_worker = %rate_limits_per_worker(&self.config.targets),
+            prefetch = self.config.prefetch,
+            "starting; each rate limit holds per worker: N replicas send up to N times it"
+        );
         if let Ok(addr) = ops_listener.local_addr() {
             info!(%addr, "serving /metrics, /healthz and /readyz");
         }
@@ -70,7 +82,7 @@ impl Application {
             broker: self.config.broker.clone(),
             prefetch: self.config.prefetch,
             shutdown_grace: self.config.shutdown_grace,
-            worker,
+            handler,
             metrics: self.metrics.clone(),
             health: self.health.clone(),
             pause: pause_rx,
@@ -80,5 +92,45 @@ impl Application {
         ops_stop.cancel();
         let _ = ops.await;
         result.map_err(anyhow::Error::from)
+    }
+}
+
+/// Each target's rate limit for the startup line, e.g.
+/// `user-management=unlimited, logging=5/s`. The limits are per worker
+/// process, not per fleet.
+fn rate_limits_per_worker(targets: &[TargetConfig]) -> String {
+    targets
+        .iter()
+        .map(|t| match t.rate_limit {
+            Some(n) => format!("{}={n}/s", t.name),
+            None => format!("{}=unlimited", t.name),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_startup_line_names_each_targets_rate_limit() {
+        let cfg = crate::config::RawConfig::from_vars([
+            (
+                "BRIDGE_USER_API_URL".to_owned(),
+                "http://127.0.0.1:1/x".to_owned(),
+            ),
+            (
+                "BRIDGE_LOG_API_URL".to_owned(),
+                "http://127.0.0.1:1/y".to_owned(),
+            ),
+            ("BRIDGE_LOG_API_RATE_LIMIT".to_owned(), "5".to_owned()),
+        ])
+        .worker_config()
+        .unwrap();
+        assert_eq!(
+            rate_limits_per_worker(&cfg.targets),
+            "user-management=unlimited, logging=5/s"
+        );
     }
 }

@@ -5,17 +5,23 @@
 //! # Layout
 //!
 //! - [`config`]: `BRIDGE_*` settings, validated before anything connects.
+//! - [`cli`] and [`commands`]: the subcommands of the binary.
+//! - [`app`]: the [`app::Worker`]: wires metrics, health, the delivery
+//!   handler, the supervisor and the ops listener, and runs them.
+//! - [`supervisor`]: orchestration: broker sessions, the consumer loop,
+//!   delivery tasks and readiness, across broker faults.
+//! - [`delivery`]: the [`delivery::DeliveryHandler`]: one delivery from parse
+//!   to settle; the only place that acks.
+//! - Edges, which import no other edge and nothing above them:
+//!   [`api`] (the HTTP edge: one shared client, the requests, retry,
+//!   classification, rate limits), [`broker`] (the RabbitMQ edge:
+//!   connections, topology, confirmed publishing), [`ops`] (serves metrics
+//!   and health).
+//! - Shared tools: [`health`] (readiness, written by the supervisor, read by
+//!   ops), [`backoff`], [`metrics`] (the Prometheus handles).
 //! - [`domain`]: the pure core: message id, targets, outcomes, the
 //!   disposition of a message, DLQ header values. No I/O.
-//! - [`api`]: the HTTP edge: one shared client, the two requests, retry,
-//!   classification, backoff, rate limits.
-//! - [`broker`]: the RabbitMQ edge: connections, topology, confirmed
-//!   publishing, and the supervisor that reconnects and consumes.
-//! - [`worker`]: one delivery from parse to settle; the only place that acks.
-//! - [`app`]: wires a worker together; [`ops`] serves metrics and health;
-//!   [`metrics`] holds the Prometheus handles.
-//! - [`cli`] and [`commands`]: the subcommands of the binary.
-//! - [`shutdown`], [`telemetry`]: signals and logging.
+//! - [`shutdown`], [`telemetry`]: signals and our own log output.
 //! - [`otel`]: OpenTelemetry traces over OTLP/HTTP, when configured.
 //! - [`tls`]: extra CAs and the client certificate (mutual TLS).
 
@@ -24,15 +30,18 @@
 
 pub mod api;
 pub mod app;
+pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod delivery;
 pub mod domain;
+pub mod health;
 pub mod metrics;
 pub mod ops;
 pub mod otel;
 pub mod shutdown;
+pub mod supervisor;
 pub mod telemetry;
 pub mod tls;
-pub mod worker;

@@ -191,11 +191,19 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(broker_connected.clone()),
             Box::new(dlq_depth.clone()),
-            // Process-wide (src/otel.rs); 0 while OpenTelemetry is off.
+            // Process-wide (src/otel/dropped.rs); 0 while OpenTelemetry is off.
             Box::new(crate::otel::SPANS_DROPPED.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
+        // process_*: CPU seconds, resident memory, open file descriptors,
+        // threads and start time of this process (read from /proc at scrape).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric names");
         Metrics {
             registry,
             messages: Outcome::ALL.map(|o| messages_vec.with_label_values(&[o.as_str()])),
@@ -299,5 +307,19 @@ mod tests {
         assert!(!text.contains("a:5672"), "{text}");
         m.set_broker_node(None);
         assert!(!m.render().contains("b:5672"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn renders_the_process_metrics() {
+        let text = Metrics::new().render();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(name), "{name} missing:\n{text}");
+        }
     }
 }

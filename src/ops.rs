@@ -1,54 +1,13 @@
 //! The operator's HTTP listener: `/metrics`, `/healthz`, `/readyz`.
 //!
 //! The listener is bound by the caller and passed in, so tests bind port 0.
-
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc,
-};
+//! It only reads [`Health`]; the supervisor writes it.
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-
-/// Whether the worker is connected and consuming. The supervisor writes it;
-/// `/readyz` and `bridge_broker_connected` read it.
-#[derive(Clone, Debug)]
-pub struct Health {
-    connected: Arc<AtomicBool>,
-    consuming: Arc<AtomicBool>,
-    metrics: Metrics,
-}
-
-impl Health {
-    pub fn new(metrics: Metrics) -> Self {
-        Health {
-            connected: Arc::default(),
-            consuming: Arc::default(),
-            metrics,
-        }
-    }
-
-    pub fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::Release);
-        self.metrics.broker_connected.set(i64::from(connected));
-        if !connected {
-            self.set_consuming(false);
-        }
-    }
-
-    /// Consuming includes a `hold` pause; it ends when the broker goes away or
-    /// the worker starts draining for shutdown.
-    pub fn set_consuming(&self, consuming: bool) {
-        self.consuming.store(consuming, Ordering::Release);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.connected.load(Ordering::Acquire) && self.consuming.load(Ordering::Acquire)
-    }
-}
+use crate::{health::Health, metrics::Metrics};
 
 #[derive(Clone)]
 struct OpsState {

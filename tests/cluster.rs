@@ -48,6 +48,9 @@ use lapin::{
 };
 use tokio::net::TcpListener;
 
+#[path = "common/wait.rs"]
+mod wait;
+
 const BIN: &str = env!("CARGO_BIN_EXE_fanout-bridge");
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh");
 /// Share of API calls answered 503.
@@ -65,22 +68,12 @@ fn elapsed(since: Instant) -> String {
 }
 
 /// Polls `cond` until true; panics naming `what` after `timeout`.
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait::poll_until(what, timeout, Duration::from_millis(100), cond).await;
 }
 
 // === The cluster ===

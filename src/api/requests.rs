@@ -89,7 +89,7 @@ impl Requests {
             }
         }
         let envelope = envelope.then(|| {
-            Bytes::from(crate::domain::message::log_envelope(
+            Bytes::from(crate::domain::message::logging_api_envelope(
                 event,
                 json,
                 &msg.message_id,

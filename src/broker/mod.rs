@@ -1,9 +1,9 @@
-//! The RabbitMQ edge: connections, topology, confirmed publishing, and the
-//! supervisor that keeps a consumer alive across broker faults.
+//! The RabbitMQ edge: connections, topology and confirmed publishing. The
+//! supervisor that keeps a consumer alive across broker faults sits above it,
+//! in [`crate::supervisor`].
 
 pub mod fields;
 pub mod publisher;
-pub mod supervisor;
 pub mod topology;
 
 use std::time::Duration;

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
 
 use crate::{
-    app::Application,
+    app::Worker,
     commands::{demo_api, dlq, publish},
     config::RawConfig,
     metrics::{AttemptResult, Outcome},
@@ -25,7 +25,7 @@ use crate::{
 /// One sample in this many is deliberately not JSON, to show the DLQ.
 const MALFORMED_EVERY: u64 = 100;
 /// The logging stand-in's failure rate (contract: 5 %).
-const LOG_FAIL_RATE: f64 = 0.05;
+const LOGGING_API_FAIL_RATE: f64 = 0.05;
 
 /// The sample registrations: JSON lines, every [`MALFORMED_EVERY`]th broken.
 pub fn sample_lines(count: u64) -> Vec<u8> {
@@ -68,21 +68,24 @@ pub async fn run(raw: &RawConfig, count: u64) -> anyhow::Result<ExitCode> {
     let broker = raw.broker_config()?;
     let stop = shutdown::on_signal().context("installing signal handlers")?;
     let user = stand_in(0.0, stop.clone()).await?;
-    let log = stand_in(LOG_FAIL_RATE, stop.clone()).await?;
+    let logging_api = stand_in(LOGGING_API_FAIL_RATE, stop.clone()).await?;
     let config = raw
-        .with_api_urls(format!("http://{user}/users"), format!("http://{log}/logs"))
+        .with_api_urls(
+            format!("http://{user}/users"),
+            format!("http://{logging_api}/logs"),
+        )
         .worker_config()?;
     let ops = match TcpListener::bind(config.metrics_addr).await {
         Ok(l) => l,
         Err(_) => TcpListener::bind("127.0.0.1:0").await?,
     };
     let ops_addr = ops.local_addr()?;
-    let app = Application::new(config);
+    let app = Worker::new(config);
     let metrics = app.metrics().clone();
     let worker = tokio::spawn(app.run(ops, stop.clone()));
 
     eprintln!(
-        "stand-in APIs: user-management http://{user}/users, logging http://{log}/logs (fails 5%)"
+        "stand-in APIs: user-management http://{user}/users, logging http://{logging_api}/logs (fails 5%)"
     );
     eprintln!("publishing {count} sample registrations to {:?} (1 in {MALFORMED_EVERY} deliberately malformed)", broker.queue);
     let started = Instant::now();

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::{app::Application, config::RawConfig, shutdown};
+use crate::{app::Worker, config::RawConfig, shutdown};
 
 /// # Errors
 /// A bad setting (exit 2), a queue that exists with other arguments (exit 2),
@@ -21,6 +21,6 @@ pub async fn run(raw: &RawConfig) -> anyhow::Result<ExitCode> {
             )
         })?;
     let shutdown = shutdown::on_signal().context("installing signal handlers")?;
-    Application::new(config).run(listener, shutdown).await?;
+    Worker::new(config).run(listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

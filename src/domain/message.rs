@@ -80,7 +80,7 @@ pub fn validate_json(body: &[u8]) -> Result<Range<usize>, InvalidPayload> {
 
 /// Writes the logging API's body around the message's JSON text, verbatim:
 /// `{"event":E,"data":<json>,"message_id":M}`.
-pub fn log_envelope(event: &str, json: &[u8], message_id: &MessageId) -> Vec<u8> {
+pub fn logging_api_envelope(event: &str, json: &[u8], message_id: &MessageId) -> Vec<u8> {
     let mut out = Vec::with_capacity(json.len() + event.len() + message_id.0.len() + 48);
     out.extend_from_slice(b"{\"event\":");
     write_json_string(&mut out, event);
@@ -182,7 +182,7 @@ mod tests {
     #[test]
     fn envelope_keeps_json_verbatim() {
         let id = MessageId::resolve(Some("m\"1"), b"");
-        let out = log_envelope("user.registered", b"{\"z\":1e400,\"a\":1}", &id);
+        let out = logging_api_envelope("user.registered", b"{\"z\":1e400,\"a\":1}", &id);
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             r#"{"event":"user.registered","data":{"z":1e400,"a":1},"message_id":"m\"1"}"#

@@ -4,24 +4,11 @@
 use std::time::Duration;
 
 use lapin::{
-    options::QueueDeclareOptions,
     types::{AMQPValue, FieldTable},
     BasicProperties,
 };
 
 use crate::helpers::*;
-
-fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-const URLS: [(&str, &str); 2] = [
-    ("BRIDGE_USER_API_URL", "http://127.0.0.1:9/users"),
-    ("BRIDGE_LOG_API_URL", "http://127.0.0.1:9/logs"),
-];
 
 #[tokio::test]
 async fn bad_configuration_exits_2_naming_the_variable() {
@@ -83,18 +70,7 @@ async fn a_queue_with_other_arguments_exits_2_naming_it() {
     let broker = Broker::new("mismatch").await;
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongInt(10));
-    broker
-        .channel
-        .queue_declare(
-            broker.queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
+    broker.declare_with(&broker.queue, args).await;
     let mut v = broker.vars();
     v.extend(vars(&URLS));
     v.push((

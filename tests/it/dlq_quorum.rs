@@ -5,54 +5,13 @@
 use std::time::Duration;
 
 use lapin::{
-    options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions},
+    options::{BasicGetOptions, BasicNackOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
     BasicProperties,
 };
 use serde_json::Value;
 
 use crate::helpers::*;
-
-/// A `delivery-limit` policy on exactly the given queues, cleared on drop
-/// (even when the test fails: the broker outlives the test run).
-struct DeliveryLimit {
-    name: String,
-}
-
-impl DeliveryLimit {
-    fn set(queues: &[&str], limit: u32) -> DeliveryLimit {
-        let name = unique("policy");
-        let alternatives: Vec<String> = queues.iter().map(|q| q.replace('.', "\\.")).collect();
-        let pattern = format!("^({})$", alternatives.join("|"));
-        let out = std::process::Command::new("rabbitmqctl")
-            .args([
-                "set_policy",
-                "-p",
-                "/",
-                &name,
-                &pattern,
-                &format!("{{\"delivery-limit\":{limit}}}"),
-                "--apply-to",
-                "queues",
-            ])
-            .output()
-            .expect("rabbitmqctl runs");
-        assert!(
-            out.status.success(),
-            "set_policy: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        DeliveryLimit { name }
-    }
-}
-
-impl Drop for DeliveryLimit {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["clear_policy", "-p", "/", &self.name])
-            .output();
-    }
-}
 
 fn quorum_args() -> FieldTable {
     let mut args = FieldTable::default();
@@ -74,21 +33,6 @@ fn quorum_inbound_args(dlq: &str) -> FieldTable {
     args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
     args.insert("x-overflow".into(), text("reject-publish"));
     args
-}
-
-async fn declare(broker: &Broker, queue: &str, args: FieldTable) {
-    broker
-        .channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
 }
 
 /// What the tools used to do: get, then hand back. Returns false once the
@@ -163,8 +107,8 @@ async fn reading_a_quorum_dlq_spends_no_delivery_attempt_and_keeps_its_order() {
     let broker = Broker::new("qread").await;
     // A queue of its own (deleted with it) to see the policy bite.
     let probe = Broker::new("qread.probe").await;
-    declare(&broker, &broker.dlq, quorum_args()).await;
-    declare(&probe, &probe.queue, quorum_args()).await;
+    broker.declare_with(&broker.dlq, quorum_args()).await;
+    probe.declare_with(&probe.queue, quorum_args()).await;
     let _policy = DeliveryLimit::set(&[&broker.dlq, &probe.queue], 2);
     wait_policy_in_force(&probe, &probe.queue).await;
 
@@ -261,8 +205,10 @@ async fn reading_a_quorum_dlq_spends_no_delivery_attempt_and_keeps_its_order() {
 #[tokio::test]
 async fn a_message_past_the_delivery_limit_is_reported_and_replayed() {
     let broker = Broker::new("qlimit").await;
-    declare(&broker, &broker.dlq, quorum_args()).await;
-    declare(&broker, &broker.queue, quorum_inbound_args(&broker.dlq)).await;
+    broker.declare_with(&broker.dlq, quorum_args()).await;
+    broker
+        .declare_with(&broker.queue, quorum_inbound_args(&broker.dlq))
+        .await;
     let _policy = DeliveryLimit::set(&[&broker.queue], 2);
 
     // A consumer that keeps giving the message back, until the broker gives

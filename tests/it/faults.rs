@@ -1,7 +1,14 @@
 //! Broker faults that do not disturb the shared broker: a TCP proxy in front
 //! of it is started late and cut mid-stream. And the second signal.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicBool, AtomicI64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use lapin::BasicProperties;
 
@@ -139,10 +146,6 @@ async fn an_inbound_queue_deleted_under_the_worker_is_declared_again() {
 async fn after_a_cut_connection_in_flight_never_exceeds_the_prefetch() {
     use crate::slow_api::SlowApi;
     use fanout_bridge::metrics::Outcome;
-    use std::sync::{
-        atomic::{AtomicBool, AtomicI64, Ordering},
-        Arc,
-    };
 
     let broker = Broker::new("inflight").await;
     broker.declare().await;
@@ -160,21 +163,8 @@ async fn after_a_cut_connection_in_flight_never_exceeds_the_prefetch() {
     let worker = Worker::start(&broker, settings).await;
 
     // Sample the gauge all along.
-    let max = Arc::new(AtomicI64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (gauge, max, done) = (
-            worker.metrics.in_flight.clone(),
-            Arc::clone(&max),
-            Arc::clone(&done),
-        );
-        tokio::spawn(async move {
-            while !done.load(Ordering::Relaxed) {
-                max.fetch_max(gauge.get(), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-    };
+    let in_flight = worker.metrics.in_flight.clone();
+    let sampler = MaxSampler::start(move || in_flight.get());
 
     broker.publish_numbered("f", 0..12).await;
     wait_until("four calls in flight", Duration::from_secs(10), || {
@@ -196,11 +186,9 @@ async fn after_a_cut_connection_in_flight_never_exceeds_the_prefetch() {
         async move { acked >= 12 }
     })
     .await;
-    done.store(true, Ordering::Relaxed);
-    sampler.await.unwrap();
+    let max = sampler.stop().await;
     worker.stop().await;
 
-    let max = max.load(Ordering::Relaxed);
     assert!(max <= 4, "{max} messages in flight with a prefetch of 4");
     assert!(user.arrived() > 12, "the cut really caused redeliveries");
     assert_eq!(user.overlapping(), Vec::<String>::new());
@@ -213,10 +201,6 @@ async fn after_a_cut_connection_in_flight_never_exceeds_the_prefetch() {
 #[tokio::test]
 async fn after_a_hold_pause_in_flight_never_exceeds_the_prefetch() {
     use fanout_bridge::metrics::Outcome;
-    use std::sync::{
-        atomic::{AtomicBool, AtomicI64, Ordering},
-        Arc,
-    };
 
     let broker = Broker::new("holdflight").await;
     let (user, log) = (FakeApi::start().await, FakeApi::start().await);
@@ -231,21 +215,8 @@ async fn after_a_hold_pause_in_flight_never_exceeds_the_prefetch() {
     settings.push(("BRIDGE_HTTP_TIMEOUT_MS".into(), "10000".into()));
     let worker = Worker::start(&broker, settings).await;
 
-    let max = Arc::new(AtomicI64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (gauge, max, done) = (
-            worker.metrics.in_flight.clone(),
-            Arc::clone(&max),
-            Arc::clone(&done),
-        );
-        tokio::spawn(async move {
-            while !done.load(Ordering::Relaxed) {
-                max.fetch_max(gauge.get(), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-    };
+    let in_flight = worker.metrics.in_flight.clone();
+    let sampler = MaxSampler::start(move || in_flight.get());
 
     broker.publish_numbered("slow", 0..1).await;
     wait_until(
@@ -270,12 +241,41 @@ async fn after_a_hold_pause_in_flight_never_exceeds_the_prefetch() {
         async move { acked >= 6 }
     })
     .await;
-    done.store(true, Ordering::Relaxed);
-    sampler.await.unwrap();
+    let max = sampler.stop().await;
     worker.stop().await;
 
-    let max = max.load(Ordering::Relaxed);
     assert!(max <= 2, "{max} messages in flight with a prefetch of 2");
     assert_eq!(broker.depth(&broker.queue).await, 0);
     assert_eq!(broker.depth(&broker.dlq).await, 0);
+}
+
+/// Samples a value every millisecond, keeping the highest, until stopped.
+struct MaxSampler {
+    max: Arc<AtomicI64>,
+    done: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MaxSampler {
+    fn start(read: impl Fn() -> i64 + Send + 'static) -> MaxSampler {
+        let max = Arc::new(AtomicI64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (max, done) = (Arc::clone(&max), Arc::clone(&done));
+            async move {
+                while !done.load(Ordering::Relaxed) {
+                    max.fetch_max(read(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+        MaxSampler { max, done, task }
+    }
+
+    /// Stops sampling; the highest value seen.
+    async fn stop(self) -> i64 {
+        self.done.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        self.max.load(Ordering::Relaxed)
+    }
 }

@@ -19,7 +19,7 @@ use axum::{
     Router,
 };
 use fanout_bridge::{
-    app::Application,
+    app,
     config::RawConfig,
     metrics::{Metrics, Outcome},
 };
@@ -34,29 +34,36 @@ use lapin::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+#[path = "../common/wait.rs"]
+mod wait;
+
 pub fn amqp_url() -> String {
     std::env::var("BRIDGE_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
 /// Polls `cond` until it is true, or panics with `what` after `timeout`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait::poll_until(what, timeout, Duration::from_millis(25), cond).await;
 }
+
+/// `(name, value)` pairs as owned settings.
+pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// API URLs nothing answers on, for settings that must parse.
+pub const URLS: [(&str, &str); 2] = [
+    ("BRIDGE_USER_API_URL", "http://127.0.0.1:9/users"),
+    ("BRIDGE_LOG_API_URL", "http://127.0.0.1:9/logs"),
+];
 
 pub fn unique(prefix: &str) -> String {
     format!("test.{prefix}.{}", uuid::Uuid::new_v4().simple())
@@ -113,18 +120,23 @@ impl Broker {
 
     pub async fn declare(&self) {
         for q in [&self.queue, &self.dlq] {
-            self.channel
-                .queue_declare(
-                    q.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap();
+            self.declare_with(q, FieldTable::default()).await;
         }
+    }
+
+    /// Declares a durable queue with `args`.
+    pub async fn declare_with(&self, queue: &str, args: FieldTable) {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .unwrap();
     }
 
     pub async fn publish(&self, body: &[u8], props: BasicProperties) {
@@ -456,7 +468,7 @@ impl Worker {
             .expect("test settings are valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ops = listener.local_addr().unwrap();
-        let app = Application::new(config);
+        let app = app::Worker::new(config);
         let metrics = app.metrics().clone();
         let health = app.health().clone();
         let stop = CancellationToken::new();
@@ -720,5 +732,48 @@ impl TcpProxy {
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.cut();
+    }
+}
+
+// === Broker policies ===
+
+/// A `delivery-limit` policy on exactly the given queues, cleared on drop
+/// (even when the test fails: the broker outlives the test run).
+pub struct DeliveryLimit {
+    name: String,
+}
+
+impl DeliveryLimit {
+    pub fn set(queues: &[&str], limit: u32) -> DeliveryLimit {
+        let name = unique("policy");
+        let alternatives: Vec<String> = queues.iter().map(|q| q.replace('.', "\\.")).collect();
+        let pattern = format!("^({})$", alternatives.join("|"));
+        let out = std::process::Command::new("rabbitmqctl")
+            .args([
+                "set_policy",
+                "-p",
+                "/",
+                &name,
+                &pattern,
+                &format!("{{\"delivery-limit\":{limit}}}"),
+                "--apply-to",
+                "queues",
+            ])
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(
+            out.status.success(),
+            "set_policy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        DeliveryLimit { name }
+    }
+}
+
+impl Drop for DeliveryLimit {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["clear_policy", "-p", "/", &self.name])
+            .output();
     }
 }

@@ -138,9 +138,9 @@ async fn spans_per_message_and_attempt_reach_the_collector_and_the_apis() {
             &format!("00-{TRACE_ID}-{PARENT_ID}-01"),
         )]));
     broker.publish(br#"{"traced":true}"#, props).await;
-    // The second message only after the first is settled: the one 503 must
-    // meet otel-1's logging call, not race otel-2's for it.
-    wait_until("the first message acked", Duration::from_secs(20), || async {
+    // The logging API's one 503 must go to otel-1: the second message is
+    // published once the first is settled.
+    wait_until("otel-1 acked", Duration::from_secs(20), || async {
         worker
             .metric("bridge_messages_total{outcome=\"acked\"}")
             .await

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fanout_bridge::{broker::supervisor::guard_delivery, metrics::Outcome};
+use fanout_bridge::{metrics::Outcome, supervisor::guard_delivery};
 use futures::StreamExt;
 use lapin::{
     options::{BasicConsumeOptions, BasicQosOptions},

@@ -12,34 +12,6 @@ use lapin::{
 
 use crate::{helpers::*, slow_api::SlowApi};
 
-/// A `delivery-limit` policy on exactly one queue, cleared on drop.
-struct DeliveryLimit {
-    name: String,
-}
-
-impl DeliveryLimit {
-    fn set(queue: &str, limit: u32) -> DeliveryLimit {
-        let name = unique("policy");
-        let pattern = format!("^{}$", queue.replace('.', "\\."));
-        let definition = format!("{{\"delivery-limit\":{limit}}}");
-        let out = std::process::Command::new("rabbitmqctl")
-            .args(["set_policy", "-p", "/", &name, &pattern, &definition])
-            .args(["--apply-to", "queues"])
-            .output()
-            .expect("rabbitmqctl runs");
-        assert!(out.status.success(), "{out:?}");
-        DeliveryLimit { name }
-    }
-}
-
-impl Drop for DeliveryLimit {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["clear_policy", "-p", "/", &self.name])
-            .output();
-    }
-}
-
 fn quorum_settings(api: &SlowApi) -> Vec<(String, String)> {
     let mut settings = vec![
         ("BRIDGE_USER_API_URL".into(), api.url()),
@@ -53,7 +25,7 @@ fn quorum_settings(api: &SlowApi) -> Vec<(String, String)> {
 #[tokio::test]
 async fn a_message_past_the_delivery_limit_lands_in_the_dlq_instead_of_vanishing() {
     let broker = Broker::new("qlimit").await;
-    let _policy = DeliveryLimit::set(&broker.queue, 2);
+    let _policy = DeliveryLimit::set(&[&broker.queue], 2);
     // The API hangs: the message is in flight whenever the worker dies.
     let api = SlowApi::start(Duration::from_secs(600)).await;
     let mut worker = Process::start(&broker, quorum_settings(&api)).await;

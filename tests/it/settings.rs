@@ -8,18 +8,6 @@ use lapin::BasicProperties;
 
 use crate::helpers::*;
 
-fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-const URLS: [(&str, &str); 2] = [
-    ("BRIDGE_USER_API_URL", "http://127.0.0.1:9/users"),
-    ("BRIDGE_LOG_API_URL", "http://127.0.0.1:9/logs"),
-];
-
 /// Runs `run` with the two URLs and `extra` (replacing a URL of the same
 /// name); asserts exit 2 naming `variable` and not showing `secret`.
 async fn refused(extra: &[(&str, &str)], variable: &str, secret: &str) {

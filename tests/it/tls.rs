@@ -15,7 +15,7 @@ use std::{
 };
 
 use fanout_bridge::{
-    app::Application,
+    app,
     config::RawConfig,
     metrics::{AttemptResult, Outcome},
 };
@@ -405,12 +405,12 @@ async fn https_api_requiring_a_client_certificate_works_with_it_and_fails_withou
 // === amqps:// through a terminator in front of the real broker ===
 
 /// Starts a worker in this process without waiting for it to be ready.
-async fn start_worker(vars: Vec<(String, String)>) -> (Application, TcpListener) {
+async fn start_worker(vars: Vec<(String, String)>) -> (app::Worker, TcpListener) {
     let config = RawConfig::from_vars(vars)
         .worker_config()
         .expect("test settings are valid");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    (Application::new(config), listener)
+    (app::Worker::new(config), listener)
 }
 
 #[tokio::test]
@@ -480,7 +480,7 @@ async fn amqps_requiring_a_client_certificate_works_with_it_and_not_without() {
     with_cert.extend(pki.client_vars());
     let config = RawConfig::from_vars(with_cert).worker_config().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = Application::new(config);
+    let app = app::Worker::new(config);
     let metrics = app.metrics().clone();
     let stop = CancellationToken::new();
     let task = tokio::spawn(app.run(listener, stop.clone()));

@@ -3,30 +3,33 @@
 //! mark not ready → back off → again. It never gives up while the process
 //! runs; only shutdown ends it.
 
-use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
+mod session;
+mod tasks;
 
-use futures::{FutureExt, StreamExt};
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions},
     types::FieldTable,
-    Acker, Channel, Connection, Consumer,
+    Channel, Consumer,
 };
 use tokio::{sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, warn};
 
-use super::{
-    close, close_channel, connect_from, connect_node, publisher::Publisher, random_node, topology,
-    BrokerError,
-};
 use crate::{
-    api::backoff::Backoff,
+    backoff::Backoff,
+    broker::{close_channel, random_node, topology, BrokerError},
     config::BrokerConfig,
-    metrics::{Metrics, Outcome},
-    ops::Health,
-    worker::Worker,
+    delivery::DeliveryHandler,
+    health::Health,
+    metrics::Metrics,
 };
+use session::Session;
+pub use tasks::{guard_delivery, settling};
+use tasks::{ConsumerTasks, InFlight, IN_FLIGHT, REQUEUE};
 
 /// Reconnect delays: from half a second, doubling, at most 30 s (contract).
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -39,25 +42,18 @@ const DLQ_DEPTH_EVERY: Duration = Duration::from_secs(5);
 /// opening a channel): none may wait for ever on a broker that stopped
 /// answering.
 const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bounds opening a session (connect, declare, QoS, publisher).
-const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long abandoned delivery tasks are waited for before consuming again
-/// (they stop at their next await; this is a safety net).
-const ABANDON_WAIT: Duration = Duration::from_secs(5);
 /// After a hold pause, how long the old consumer's deliveries may still
 /// finish before they are abandoned and the new consumer starts.
 const HOLD_FINISH_GRACE: Duration = Duration::from_secs(5);
 /// How long deliveries already sent to a cancelled consumer are waited for.
 const CANCEL_DRAIN: Duration = Duration::from_secs(2);
-/// Bounds the wait for a publisher confirm.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Everything the supervisor needs; built by [`crate::app`].
 pub struct Supervisor {
     pub broker: BrokerConfig,
     pub prefetch: u16,
     pub shutdown_grace: Duration,
-    pub worker: Arc<Worker>,
+    pub handler: Arc<DeliveryHandler>,
     pub metrics: Metrics,
     pub health: Health,
     /// Set by held deliveries: take no new message until then.
@@ -65,251 +61,9 @@ pub struct Supervisor {
     pub tracker: TaskTracker,
 }
 
-/// One generation of broker connections, on one node.
-struct Session {
-    consume_conn: Connection,
-    channel: Channel,
-    publish_conn: Arc<Connection>,
-    publisher: Arc<Publisher>,
-    /// Index into the configured nodes, and its `host:port`.
-    index: usize,
-    node: String,
-    /// Cancelled when the session ends: every delivery task of it abandons
-    /// its work (their acks could no longer be sent, and the redelivered
-    /// copies are about to be processed again), and the DLQ-depth task stops.
-    token: CancellationToken,
-    depth_task: Option<tokio::task::JoinHandle<()>>,
-}
-
 enum End {
     Shutdown,
     Fault(String),
-}
-
-async fn within<T>(
-    what: &'static str,
-    limit: Duration,
-    call: impl std::future::Future<Output = Result<T, BrokerError>>,
-) -> Result<T, BrokerError> {
-    tokio::time::timeout(limit, call)
-        .await
-        .map_err(|_| BrokerError::Timeout(what))?
-}
-
-impl Session {
-    /// Connects to the first node that answers, from `start` on, and opens
-    /// everything else on that same node.
-    async fn open(cfg: &BrokerConfig, prefetch: u16, start: usize) -> Result<Session, BrokerError> {
-        let connected = connect_from(cfg, start, "consumer").await?;
-        let (consume_conn, index, node) = (connected.conn, connected.index, connected.node);
-        let rest = within("opening the session", OPEN_TIMEOUT, async {
-            let channel = consume_conn
-                .create_channel()
-                .await
-                .map_err(BrokerError::amqp("opening the consuming channel"))?;
-            topology::declare_all(&channel, cfg).await?;
-            channel
-                .basic_qos(prefetch, BasicQosOptions { global: false })
-                .await
-                .map_err(BrokerError::amqp("setting the prefetch"))?;
-            let publish_conn = Arc::new(connect_node(cfg, index, "publisher").await?);
-            match Publisher::pooled(Arc::clone(&publish_conn), cfg.clone(), CONFIRM_TIMEOUT).await {
-                Ok(p) => Ok((channel, publish_conn, p)),
-                Err(e) => {
-                    close(&publish_conn).await;
-                    Err(e)
-                }
-            }
-        })
-        .await;
-        match rest {
-            Ok((channel, publish_conn, publisher)) => Ok(Session {
-                consume_conn,
-                channel,
-                publish_conn,
-                publisher: Arc::new(publisher),
-                index,
-                node,
-                token: CancellationToken::new(),
-                depth_task: None,
-            }),
-            Err(e) => {
-                close(&consume_conn).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Why this session can no longer be used, if it cannot.
-    fn fault(&self) -> Option<&'static str> {
-        if !self.consume_conn.status().connected() {
-            Some("the consuming connection was lost")
-        } else if !self.channel.status().connected() {
-            Some("the broker closed the consuming channel")
-        } else if !self.publish_conn.status().connected() {
-            Some("the publishing connection was lost")
-        } else if !self.publisher.is_open() {
-            Some("the broker closed the publishing channel")
-        } else {
-            None
-        }
-    }
-
-    async fn close(&mut self) {
-        self.token.cancel();
-        if let Some(task) = self.depth_task.take() {
-            let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, task).await;
-        }
-        self.publisher.close_pool().await;
-        close_channel(self.publisher.channel()).await;
-        close_channel(&self.channel).await;
-        close(&self.consume_conn).await;
-        close(&self.publish_conn).await;
-    }
-}
-
-/// The deliveries of one consumer: cancelled (and waited for) when the
-/// consumer is replaced, so at no moment do two consumers' deliveries add up
-/// past the prefetch.
-struct ConsumerTasks {
-    token: CancellationToken,
-    tasks: TaskTracker,
-}
-
-impl ConsumerTasks {
-    fn new(session: &Session) -> Self {
-        ConsumerTasks {
-            token: session.token.child_token(),
-            tasks: TaskTracker::new(),
-        }
-    }
-
-    /// Lets the tasks finish on their own for up to `grace` (their channel
-    /// is alive and no consumer takes new messages meanwhile), then abandons
-    /// the rest.
-    async fn finish(self, grace: Duration) {
-        self.tasks.close();
-        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
-        self.abandon().await;
-    }
-
-    /// Makes every task still running drop its work (handing its message
-    /// back if the channel is still open) and waits for them to end.
-    async fn abandon(self) {
-        self.token.cancel();
-        self.tasks.close();
-        let running = self.tasks.len();
-        if running > 0 {
-            debug!(running, "abandoning the deliveries of a replaced consumer");
-        }
-        if tokio::time::timeout(ABANDON_WAIT, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                running = self.tasks.len(),
-                "abandoned deliveries did not stop in time"
-            );
-        }
-    }
-}
-
-tokio::task_local! {
-    /// The in-flight slot of the delivery this task handles.
-    static IN_FLIGHT: InFlight;
-}
-
-/// One delivery's count in `bridge_messages_in_flight`, released exactly
-/// once: when its ack or nack is about to be sent (after that the broker may
-/// already deliver the next message, which must find the slot free), or at
-/// the latest when its task ends.
-struct InFlight {
-    gauge: prometheus::IntGauge,
-    released: std::sync::atomic::AtomicBool,
-}
-
-impl InFlight {
-    fn new(gauge: prometheus::IntGauge) -> Self {
-        gauge.inc();
-        InFlight {
-            gauge,
-            released: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    fn release(&self) {
-        if !self
-            .released
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            self.gauge.dec();
-        }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
-/// Called by the delivery task just before it sends its ack or nack: the
-/// message leaves `bridge_messages_in_flight` then, not after the ack's round
-/// trip. A no-op outside a delivery task.
-pub fn settling() {
-    let _ = IN_FLIGHT.try_with(InFlight::release);
-}
-
-const REQUEUE: BasicNackOptions = BasicNackOptions {
-    multiple: false,
-    requeue: true,
-};
-
-/// Hands a delivery back to the queue. `Ok(true)` when the nack was sent.
-async fn hand_back(acker: &Acker) -> bool {
-    matches!(
-        tokio::time::timeout(BROKER_CALL_TIMEOUT, acker.nack(REQUEUE)).await,
-        Ok(Ok(true))
-    )
-}
-
-/// The life of one delivery task: `handled` (the worker handling the
-/// delivery) runs to its end unless `token` is cancelled first (its consumer
-/// or session is gone: the work is dropped and, on a live channel, the
-/// message handed back); a panic hands the message back to the queue, or
-/// closes the channel if the nack cannot be sent, so it never stays stuck in
-/// this channel's prefetch.
-pub async fn guard_delivery<F>(handled: F, acker: Acker, channel: Channel, token: CancellationToken)
-where
-    F: std::future::Future<Output = Outcome>,
-{
-    let handled = AssertUnwindSafe(handled).catch_unwind();
-    tokio::select! {
-        biased;
-        () = token.cancelled() => {
-            settling();
-            if channel.status().connected() {
-                hand_back(&acker).await;
-            }
-        }
-        handled = handled => {
-            if handled.is_err() {
-                settling();
-                if !acker.usable() && !acker.poisoned() {
-                    error!("a delivery task panicked after settling its message");
-                } else if hand_back(&acker).await {
-                    error!("a delivery task panicked; its message was handed back to the queue");
-                } else {
-                    // A nack that cannot be sent would leave the message
-                    // stuck in this channel's prefetch: closing the channel
-                    // makes the broker requeue it (and the supervisor
-                    // reconnects).
-                    error!("a delivery task panicked and its message could not be handed back; closing the channel");
-                    close_channel(&channel).await;
-                }
-            }
-        }
-    }
 }
 
 impl Supervisor {
@@ -490,13 +244,13 @@ impl Supervisor {
     /// Spawns the task that owns one delivery until it is settled, abandoned
     /// (its consumer or session is gone) or its handler panics.
     fn dispatch(&self, delivery: Delivery, session: &Session, tasks: &ConsumerTasks) {
-        let worker = Arc::clone(&self.worker);
+        let handler = Arc::clone(&self.handler);
         let publisher = Arc::clone(&session.publisher);
         let channel = session.channel.clone();
         let acker = delivery.acker.clone();
         let token = tasks.token.clone();
         let slot = InFlight::new(self.metrics.in_flight.clone());
-        let task = guard_delivery(worker.handle(delivery, publisher), acker, channel, token);
+        let task = guard_delivery(handler.handle(delivery, publisher), acker, channel, token);
         tasks
             .tasks
             .spawn(self.tracker.track_future(IN_FLIGHT.scope(slot, task)));

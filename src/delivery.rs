@@ -38,12 +38,12 @@ pub type PauseSender = watch::Sender<Option<tokio::time::Instant>>;
 
 /// What every delivery task shares.
 #[derive(Debug)]
-pub struct Worker {
+pub struct DeliveryHandler {
     api: ApiClient,
     metrics: Metrics,
     queue: String,
     dlq: String,
-    log_event: String,
+    logging_api_event: String,
     hold_on_outage: bool,
     outage_pause: Duration,
     pause: PauseSender,
@@ -57,16 +57,16 @@ type Calls = Vec<Option<CallReport>>;
 /// What a target that was not called counts as.
 static ALREADY_DONE: CallOutcome = CallOutcome::AlreadyDone;
 
-impl Worker {
+impl DeliveryHandler {
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new(cfg: &WorkerConfig, metrics: Metrics, pause: PauseSender) -> anyhow::Result<Self> {
-        Ok(Worker {
+        Ok(DeliveryHandler {
             api: ApiClient::new(cfg, &metrics)?,
             metrics,
             queue: cfg.broker.queue.clone(),
             dlq: cfg.broker.dlq.clone(),
-            log_event: cfg.log_event.clone(),
+            logging_api_event: cfg.log_event.clone(),
             hold_on_outage: cfg.outage_policy == OutagePolicy::Hold,
             outage_pause: cfg.outage_pause,
             pause,
@@ -159,7 +159,7 @@ impl Worker {
             Err(why) => Err(why.0),
             Ok(json) => self
                 .api
-                .requests(msg, &msg.body[json], msg.event(&self.log_event))
+                .requests(msg, &msg.body[json], msg.event(&self.logging_api_event))
                 .map_err(|e| e.to_string()),
         };
         let requests = match requests {
@@ -277,7 +277,7 @@ fn millis(d: Duration) -> f64 {
 }
 
 async fn ack(acker: &Acker, outcome: Outcome) -> Outcome {
-    crate::broker::supervisor::settling();
+    crate::supervisor::settling();
     match acker.ack(BasicAckOptions::default()).await {
         Ok(true) => outcome,
         // The channel is gone: this delivery's tag is void and the broker
@@ -299,7 +299,7 @@ async fn requeue(acker: &Acker) -> Outcome {
         requeue: true,
         ..BasicNackOptions::default()
     };
-    crate::broker::supervisor::settling();
+    crate::supervisor::settling();
     if let Err(e) = acker.nack(nack).await {
         warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
     }

@@ -1,0 +1,132 @@
+//! One generation of broker connections on one node: the consuming
+//! connection and channel, and the publishing connection with its confirmed
+//! publisher, opened together and closed together.
+
+use std::{sync::Arc, time::Duration};
+
+use lapin::{options::BasicQosOptions, Channel, Connection};
+use tokio_util::sync::CancellationToken;
+
+use super::BROKER_CALL_TIMEOUT;
+use crate::{
+    broker::{
+        close, close_channel, connect_from, connect_node, publisher::Publisher, topology,
+        BrokerError,
+    },
+    config::BrokerConfig,
+};
+
+/// Bounds opening a session (connect, declare, QoS, publisher).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the worker waits for the confirm of a dead-letter or hold
+/// republish (the commands wait longer: `commands::broker_session`'s
+/// `CONFIRM_TIMEOUT`, 30 s).
+const WORKER_CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One generation of broker connections, on one node.
+pub(super) struct Session {
+    pub(super) consume_conn: Connection,
+    pub(super) channel: Channel,
+    pub(super) publish_conn: Arc<Connection>,
+    pub(super) publisher: Arc<Publisher>,
+    /// Index into the configured nodes, and its `host:port`.
+    pub(super) index: usize,
+    pub(super) node: String,
+    /// Cancelled when the session ends: every delivery task of it abandons
+    /// its work (their acks could no longer be sent, and the redelivered
+    /// copies are about to be processed again), and the DLQ-depth task stops.
+    pub(super) token: CancellationToken,
+    pub(super) depth_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+async fn within<T>(
+    what: &'static str,
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| BrokerError::Timeout(what))?
+}
+
+impl Session {
+    /// Connects to the first node that answers, from `start` on, and opens
+    /// everything else on that same node.
+    pub(super) async fn open(
+        cfg: &BrokerConfig,
+        prefetch: u16,
+        start: usize,
+    ) -> Result<Session, BrokerError> {
+        let connected = connect_from(cfg, start, "consumer").await?;
+        let (consume_conn, index, node) = (connected.conn, connected.index, connected.node);
+        let rest = within("opening the session", OPEN_TIMEOUT, async {
+            let channel = consume_conn
+                .create_channel()
+                .await
+                .map_err(BrokerError::amqp("opening the consuming channel"))?;
+            topology::declare_all(&channel, cfg).await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions { global: false })
+                .await
+                .map_err(BrokerError::amqp("setting the prefetch"))?;
+            let publish_conn = Arc::new(connect_node(cfg, index, "publisher").await?);
+            match Publisher::pooled(
+                Arc::clone(&publish_conn),
+                cfg.clone(),
+                WORKER_CONFIRM_TIMEOUT,
+            )
+            .await
+            {
+                Ok(p) => Ok((channel, publish_conn, p)),
+                Err(e) => {
+                    close(&publish_conn).await;
+                    Err(e)
+                }
+            }
+        })
+        .await;
+        match rest {
+            Ok((channel, publish_conn, publisher)) => Ok(Session {
+                consume_conn,
+                channel,
+                publish_conn,
+                publisher: Arc::new(publisher),
+                index,
+                node,
+                token: CancellationToken::new(),
+                depth_task: None,
+            }),
+            Err(e) => {
+                close(&consume_conn).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Why this session can no longer be used, if it cannot.
+    pub(super) fn fault(&self) -> Option<&'static str> {
+        if !self.consume_conn.status().connected() {
+            Some("the consuming connection was lost")
+        } else if !self.channel.status().connected() {
+            Some("the broker closed the consuming channel")
+        } else if !self.publish_conn.status().connected() {
+            Some("the publishing connection was lost")
+        } else if !self.publisher.is_open() {
+            Some("the broker closed the publishing channel")
+        } else {
+            None
+        }
+    }
+
+    pub(super) async fn close(&mut self) {
+        self.token.cancel();
+        if let Some(task) = self.depth_task.take() {
+            let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, task).await;
+        }
+        self.publisher.close_pool().await;
+        close_channel(self.publisher.channel()).await;
+        close_channel(&self.channel).await;
+        close(&self.consume_conn).await;
+        close(&self.publish_conn).await;
+    }
+}

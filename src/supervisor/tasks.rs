@@ -1,0 +1,161 @@
+//! The delivery tasks of a consumer: their lifetime ([`ConsumerTasks`]),
+//! their slot in `bridge_messages_in_flight` ([`InFlight`]), and the guard
+//! that hands a message back when its task is abandoned or panics.
+
+use std::{panic::AssertUnwindSafe, time::Duration};
+
+use futures::FutureExt;
+use lapin::{options::BasicNackOptions, Acker, Channel};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, error, warn};
+
+use super::{session::Session, BROKER_CALL_TIMEOUT};
+use crate::{broker::close_channel, metrics::Outcome};
+
+/// How long abandoned delivery tasks are waited for before consuming again
+/// (they stop at their next await; this is a safety net).
+const ABANDON_WAIT: Duration = Duration::from_secs(5);
+
+/// The deliveries of one consumer: cancelled (and waited for) when the
+/// consumer is replaced, so at no moment do two consumers' deliveries add up
+/// past the prefetch.
+pub(super) struct ConsumerTasks {
+    pub(super) token: CancellationToken,
+    pub(super) tasks: TaskTracker,
+}
+
+impl ConsumerTasks {
+    pub(super) fn new(session: &Session) -> Self {
+        ConsumerTasks {
+            token: session.token.child_token(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Lets the tasks finish on their own for up to `grace` (their channel
+    /// is alive and no consumer takes new messages meanwhile), then abandons
+    /// the rest.
+    pub(super) async fn finish(self, grace: Duration) {
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        self.abandon().await;
+    }
+
+    /// Makes every task still running drop its work (handing its message
+    /// back if the channel is still open) and waits for them to end.
+    pub(super) async fn abandon(self) {
+        self.token.cancel();
+        self.tasks.close();
+        let running = self.tasks.len();
+        if running > 0 {
+            debug!(running, "abandoning the deliveries of a replaced consumer");
+        }
+        if tokio::time::timeout(ABANDON_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                running = self.tasks.len(),
+                "abandoned deliveries did not stop in time"
+            );
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The in-flight slot of the delivery this task handles.
+    pub(super) static IN_FLIGHT: InFlight;
+}
+
+/// One delivery's count in `bridge_messages_in_flight`, released exactly
+/// once: when its ack or nack is about to be sent (after that the broker may
+/// already deliver the next message, which must find the slot free), or at
+/// the latest when its task ends.
+pub(super) struct InFlight {
+    gauge: prometheus::IntGauge,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl InFlight {
+    pub(super) fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        InFlight {
+            gauge,
+            released: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn release(&self) {
+        if !self
+            .released
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.gauge.dec();
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Called by the delivery task just before it sends its ack or nack: the
+/// message leaves `bridge_messages_in_flight` then, not after the ack's round
+/// trip. A no-op outside a delivery task.
+pub fn settling() {
+    let _ = IN_FLIGHT.try_with(InFlight::release);
+}
+
+pub(super) const REQUEUE: BasicNackOptions = BasicNackOptions {
+    multiple: false,
+    requeue: true,
+};
+
+/// Hands a delivery back to the queue. `Ok(true)` when the nack was sent.
+async fn hand_back(acker: &Acker) -> bool {
+    matches!(
+        tokio::time::timeout(BROKER_CALL_TIMEOUT, acker.nack(REQUEUE)).await,
+        Ok(Ok(true))
+    )
+}
+
+/// The life of one delivery task: `handled` (the handler working on the
+/// delivery) runs to its end unless `token` is cancelled first (its consumer
+/// or session is gone: the work is dropped and, on a live channel, the
+/// message handed back); a panic hands the message back to the queue, or
+/// closes the channel if the nack cannot be sent, so it never stays stuck in
+/// this channel's prefetch.
+pub async fn guard_delivery<F>(handled: F, acker: Acker, channel: Channel, token: CancellationToken)
+where
+    F: std::future::Future<Output = Outcome>,
+{
+    let handled = AssertUnwindSafe(handled).catch_unwind();
+    tokio::select! {
+        biased;
+        () = token.cancelled() => {
+            settling();
+            if channel.status().connected() {
+                hand_back(&acker).await;
+            }
+        }
+        handled = handled => {
+            if handled.is_err() {
+                settling();
+                if !acker.usable() && !acker.poisoned() {
+                    error!("a delivery task panicked after settling its message");
+                } else if hand_back(&acker).await {
+                    error!("a delivery task panicked; its message was handed back to the queue");
+                } else {
+                    // A nack that cannot be sent would leave the message
+                    // stuck in this channel's prefetch: closing the channel
+                    // makes the broker requeue it (and the supervisor
+                    // reconnects).
+                    error!("a delivery task panicked and its message could not be handed back; closing the channel");
+                    close_channel(&channel).await;
+                }
+            }
+        }
+    }
+}
