@@ -69,6 +69,19 @@ impl Session {
             .context("opening a channel")
     }
 
+    /// Replaces the publisher with one on a fresh channel, closing the old
+    /// one: after a confirm timed out, a late confirm or return on the old
+    /// channel could be taken for a later publish's.
+    ///
+    /// # Errors
+    /// When the broker refuses a channel.
+    pub async fn renew_publisher(&mut self) -> anyhow::Result<()> {
+        let fresh = Publisher::open(&self.conn, CONFIRM_TIMEOUT).await?;
+        let old = std::mem::replace(&mut self.publisher, fresh);
+        broker::close_channel(old.channel()).await;
+        Ok(())
+    }
+
     /// Closes the channels, then the connection. Unacked gets still held on
     /// the channel go back to their queue.
     pub async fn close(self) {
