@@ -8,6 +8,7 @@ mod big_headers;
 mod cli;
 mod cli_scripts;
 mod confirms;
+mod copy_returns;
 mod dead_letter;
 mod dlq_gone;
 mod dlq_quorum;
