@@ -108,18 +108,23 @@ pub(super) async fn pass(
                 Fate::Rotate => (&broker_cfg.dlq, rotated_properties(&delivery.properties)),
                 Fate::Replay => (&broker_cfg.queue, replayed_properties(&delivery.properties)),
             };
-            confirms.push(
-                session
-                    .publisher
-                    .send(queue, &delivery.data, props.clone())
-                    .await,
-            );
+            let sent = session
+                .publisher
+                .send(queue, &delivery.data, props.clone())
+                .await;
+            // Not even sent: the publishing channel is gone, and so would
+            // the next copies be. Settle what was read and stop.
+            let unsent = sent.is_err();
+            confirms.push(sent);
             batch.push(Copied {
                 delivery,
                 fate,
                 queue: queue.clone(),
                 props,
             });
+            if unsent {
+                break;
+            }
         }
         let (results, _) = confirm_batch::outcomes(confirms, |i, returned| {
             let copy = &batch[i];
