@@ -22,6 +22,7 @@ mod otel;
 mod panics;
 mod poison;
 mod process;
+mod publish_returns;
 mod quorum;
 mod rate_limit;
 mod raw_amqp;

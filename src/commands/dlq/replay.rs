@@ -22,8 +22,8 @@ use crate::{
 /// Headers the broker writes when it dead-letters a message. A replayed
 /// message starts a new history without them (and without the delivery
 /// count).
-pub(super) const DEATH_HEADERS: [&str; 1] = ["x-death"];
-pub(super) const DEATH_PREFIXES: [&str; 2] = ["x-first-death-", "x-last-death-"];
+const DEATH_HEADERS: [&str; 1] = ["x-death"];
+const DEATH_PREFIXES: [&str; 2] = ["x-first-death-", "x-last-death-"];
 
 /// The properties of a replayed message: `x-bridge-done-targets` and the
 /// message's own headers are kept (see [`fields::replay_properties`]); the
