@@ -6,6 +6,11 @@
 //! Unlike the worker, a command may publish and ack on one connection: it
 //! never competes with a consumer's acks, and a broker blocking publishers
 //! simply makes the command wait (each confirm has [`CONFIRM_TIMEOUT`]).
+//!
+//! The commands pipeline their publishes on the publisher's one channel (so
+//! copies keep their order) and learn which publish came back from
+//! [`super::confirm_batch`]; this is the only definition of the commands'
+//! confirm timeout.
 
 use std::time::Duration;
 
@@ -26,7 +31,9 @@ pub struct Session {
     conn: Connection,
     /// For gets, acks, nacks and queue declares.
     pub channel: Channel,
-    /// Confirm mode, `mandatory` publishes through the default exchange.
+    /// Confirm mode, `mandatory` publishes through the default exchange;
+    /// pipelined with [`Publisher::send`], settled with
+    /// [`super::confirm_batch::outcomes`].
     pub publisher: Publisher,
 }
 

@@ -22,9 +22,9 @@
 //! (see [`super::confirm_batch`]), so a message is removed only when its own
 //! copy is stored.
 //!
-//! The parts: [`pass`] reads and settles (rotation), [`reasons`] names why a
-//! message is there and counts them (`stats`), [`peek`] renders messages as
-//! JSON, [`replay`] moves them to the inbound queue.
+//! The parts: `pass` reads and settles (rotation), `reasons` names why a
+//! message is there and counts them (`stats`), `peek` renders messages as
+//! JSON, `replay` moves them to the inbound queue.
 
 use anyhow::Context as _;
 
