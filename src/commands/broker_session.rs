@@ -6,6 +6,11 @@
 //! Unlike the worker, a command may publish and ack on one connection: it
 //! never competes with a consumer's acks, and a broker blocking publishers
 //! simply makes the command wait (each confirm has [`CONFIRM_TIMEOUT`]).
+//!
+//! The commands pipeline their publishes on the publisher's one channel (so
+//! copies keep their order) and learn which publish came back from
+//! [`super::confirm_batch`]; this is the only definition of the commands'
+//! confirm timeout.
 
 use std::time::Duration;
 
@@ -26,7 +31,9 @@ pub struct Session {
     conn: Connection,
     /// For gets, acks, nacks and queue declares.
     pub channel: Channel,
-    /// Confirm mode, `mandatory` publishes through the default exchange.
+    /// Confirm mode, `mandatory` publishes through the default exchange;
+    /// pipelined with [`Publisher::send`], settled with
+    /// [`super::confirm_batch::outcomes`].
     pub publisher: Publisher,
 }
 
@@ -67,6 +74,19 @@ impl Session {
             .create_channel()
             .await
             .context("opening a channel")
+    }
+
+    /// Replaces the publisher with one on a fresh channel, closing the old
+    /// one: after a confirm timed out, a late confirm or return on the old
+    /// channel could be taken for a later publish's.
+    ///
+    /// # Errors
+    /// When the broker refuses a channel.
+    pub async fn renew_publisher(&mut self) -> anyhow::Result<()> {
+        let fresh = Publisher::open(&self.conn, CONFIRM_TIMEOUT).await?;
+        let old = std::mem::replace(&mut self.publisher, fresh);
+        broker::close_channel(old.channel()).await;
+        Ok(())
     }
 
     /// Closes the channels, then the connection. Unacked gets still held on

@@ -2,6 +2,7 @@
 //! `main` maps to one (2 for configuration, 1 otherwise).
 
 pub mod broker_session;
+pub mod confirm_batch;
 pub mod demo;
 pub mod demo_api;
 pub mod dlq;

@@ -1,37 +1,49 @@
 //! `fanout-bridge publish [FILE]`: JSON lines to the inbound queue, each
-//! persistent with a fresh `message_id`, pipelined with publisher confirms.
+//! persistent with a fresh `message_id`, pipelined with publisher confirms;
+//! a line whose publish was nacked, returned or not confirmed in time is
+//! reported by its number.
 
 use std::{path::Path, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use futures::{stream::FuturesUnordered, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use lapin::{types::ShortString, BasicProperties};
+use lapin::{types::ShortString, BasicProperties, PublisherConfirm};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use serde::Serialize;
 
-use super::broker_session::Session;
+use super::{broker_session::Session, confirm_batch};
 use crate::{
-    broker::{fields::PERSISTENT, topology},
+    broker::{fields::PERSISTENT, publisher::PublishError, topology},
     cli::OutputFormat,
     config::BrokerConfig,
     domain::message::validate_json,
 };
 
-/// Publishes outstanding at once before waiting for confirms.
+/// Publishes sent before their confirms are awaited (in order, so that each
+/// return is matched to its own line: see [`confirm_batch`]).
 const WINDOW: usize = 1024;
 
 /// Told of each line that is not JSON: (line number, why).
 pub type OnRejected<'a> = &'a mut dyn FnMut(u64, &str);
 
 /// What a publish run did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub confirmed: u64,
     pub unconfirmed: u64,
     /// Lines that are not JSON (not sent).
     pub rejected: u64,
+    /// The lines sent but not confirmed, in line order.
+    pub unconfirmed_lines: Vec<Unconfirmed>,
+}
+
+/// A line sent but not confirmed as stored (nacked, returned as unroutable,
+/// or no confirm in time): it may be missing from the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unconfirmed {
+    pub line: u64,
+    pub error: String,
 }
 
 /// A line that was not sent (the JSON shape of `--format json`).
@@ -48,6 +60,7 @@ pub struct Report<'a> {
     pub confirmed: u64,
     pub unconfirmed: u64,
     pub rejected: Vec<Rejected>,
+    pub unconfirmed_lines: &'a [Unconfirmed],
 }
 
 /// # Errors
@@ -81,10 +94,14 @@ pub async fn run(
                 confirmed: summary.confirmed,
                 unconfirmed: summary.unconfirmed,
                 rejected,
+                unconfirmed_lines: &summary.unconfirmed_lines,
             };
             println!("{}", serde_json::to_string(&report)?);
         }
         OutputFormat::Text => println!("{} messages confirmed", summary.confirmed),
+    }
+    for u in &summary.unconfirmed_lines {
+        eprintln!("line {}: not confirmed: {}", u.line, u.error);
     }
     if summary.unconfirmed > 0 {
         eprintln!(
@@ -114,26 +131,18 @@ pub async fn publish_lines(
     mut input: impl AsyncBufRead + Unpin,
     mut on_rejected: Option<OnRejected<'_>>,
 ) -> anyhow::Result<Summary> {
-    let session = Session::open(broker, "publish").await?;
+    let mut session = Session::open(broker, "publish").await?;
     let result = async {
-        let (channel, publisher) = (&session.channel, &session.publisher);
-        topology::declare_all(channel, broker).await?;
+        topology::declare_all(&session.channel, broker).await?;
         let progress = ProgressBar::new_spinner().with_style(
             ProgressStyle::with_template("{spinner} {pos} published ({per_sec})")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         progress.enable_steady_tick(Duration::from_millis(120));
         let mut summary = Summary::default();
-        let mut pending = FuturesUnordered::new();
+        let mut batch = Batch::default();
         let mut line = Vec::new();
         let mut number = 0u64;
-        let settle = |r: Result<(), _>, summary: &mut Summary| match r {
-            Ok(()) => summary.confirmed += 1,
-            Err(e) => {
-                summary.unconfirmed += 1;
-                tracing::warn!(error = %e, "publish not confirmed");
-            }
-        };
         loop {
             line.clear();
             if input
@@ -156,28 +165,78 @@ pub async fn publish_lines(
                     continue;
                 }
             }
+            let id = uuid::Uuid::new_v4().to_string();
             let props = BasicProperties::default()
                 .with_delivery_mode(PERSISTENT)
                 .with_content_type(ShortString::from("application/json"))
-                .with_message_id(ShortString::from(uuid::Uuid::new_v4().to_string()));
-            let confirm = publisher.send(&broker.queue, body, props).await?;
-            pending.push(publisher.confirmed(confirm));
+                .with_message_id(ShortString::from(id.as_str()));
+            // A publish that cannot even be sent means the channel or the
+            // connection is gone: the run stops with that error.
+            let confirm = session.publisher.send(&broker.queue, body, props).await?;
+            batch.push(number, id, Ok(confirm));
             progress.inc(1);
-            while pending.len() >= WINDOW {
-                if let Some(r) = pending.next().await {
-                    settle(r, &mut summary);
-                }
+            if batch.lines.len() >= WINDOW {
+                batch.settle(&mut session, &mut summary).await?;
             }
         }
-        while let Some(r) = pending.next().await {
-            settle(r, &mut summary);
-        }
+        batch.settle(&mut session, &mut summary).await?;
         progress.finish_and_clear();
+        summary.unconfirmed_lines.sort_by_key(|u| u.line);
         Ok(summary)
     }
     .await;
     session.close().await;
     result
+}
+
+/// Publishes sent and not yet settled: (line number, message_id) and the
+/// confirm of each.
+#[derive(Default)]
+struct Batch {
+    lines: Vec<(u64, String)>,
+    confirms: Vec<Result<PublisherConfirm, PublishError>>,
+}
+
+impl Batch {
+    fn push(&mut self, line: u64, id: String, confirm: Result<PublisherConfirm, PublishError>) {
+        self.lines.push((line, id));
+        self.confirms.push(confirm);
+    }
+
+    /// Awaits the confirms and counts each line. After a batch whose returns
+    /// could not be matched (a confirm timed out), publishing goes on on a
+    /// fresh channel: a late confirm or return on the old one would be taken
+    /// for a later line's.
+    async fn settle(&mut self, session: &mut Session, summary: &mut Summary) -> anyhow::Result<()> {
+        let lines = std::mem::take(&mut self.lines);
+        let confirms = std::mem::take(&mut self.confirms);
+        let (results, uncertain) = confirm_batch::outcomes(confirms, |i, returned| {
+            returned
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(ShortString::as_str)
+                == Some(lines[i].1.as_str())
+        })
+        .await;
+        for ((line, _), result) in lines.into_iter().zip(results) {
+            match result {
+                Ok(()) => summary.confirmed += 1,
+                Err(e) => {
+                    summary.unconfirmed += 1;
+                    summary.unconfirmed_lines.push(Unconfirmed {
+                        line,
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+        if uncertain {
+            session.renew_publisher().await?;
+        }
+        Ok(())
+    }
 }
 
 fn trim_newline(line: &[u8]) -> &[u8] {

@@ -64,7 +64,7 @@ async fn publish_json_reports_counts_and_rejected_lines() {
     assert_eq!(code, 0);
     assert_eq!(
         parse(&stdout),
-        json!({"queue": broker.queue, "confirmed": 1, "unconfirmed": 0, "rejected": []})
+        json!({"queue": broker.queue, "confirmed": 1, "unconfirmed": 0, "rejected": [], "unconfirmed_lines": []})
     );
 }
 

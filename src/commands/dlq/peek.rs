@@ -1,0 +1,98 @@
+//! `dlq peek`: the first messages of the DLQ as JSON lines.
+
+use std::process::ExitCode;
+
+use lapin::{
+    message::Delivery,
+    types::{AMQPValue, ShortString},
+};
+use serde_json::{json, Map, Value};
+
+use super::{
+    dlq_depth,
+    pass::{pass, Fate, Reader},
+    reasons::reason_of,
+    Session,
+};
+use crate::{config::BrokerConfig, domain::dead_letter};
+
+// === peek ===
+
+struct Printer;
+
+impl Reader for Printer {
+    fn decide(&mut self, d: &Delivery) -> Fate {
+        println!("{}", describe(d));
+        Fate::Rotate
+    }
+}
+
+/// Prints the first `limit` messages as JSON lines; they move to the DLQ's
+/// tail, behind the others (a limit of at least the depth reads them all and
+/// leaves the order as it was). Going round the rest just to restore the
+/// order would make a peek at one message cost a pass over the whole DLQ.
+///
+/// # Errors
+/// When the broker cannot be reached or a copy is not confirmed.
+pub async fn peek(broker_cfg: &BrokerConfig, limit: u32) -> anyhow::Result<ExitCode> {
+    in_session!(broker_cfg, "dlq peek", |session| async {
+        let Some(depth) = dlq_depth(&session, broker_cfg).await? else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        let done = pass(&session, broker_cfg, depth.min(limit), &mut Printer).await;
+        match done.error {
+            Some(e) => Err(e),
+            None => Ok(ExitCode::SUCCESS),
+        }
+    })
+}
+
+/// One dead-lettered message as a JSON object: its body (text, or hex when it
+/// is not UTF-8), identifying properties, its reason and `x-bridge-*`
+/// headers.
+pub fn describe(d: &Delivery) -> Value {
+    let props = &d.properties;
+    let mut headers = Map::new();
+    if let Some(table) = props.headers() {
+        for (key, value) in table {
+            if key.as_str().starts_with(dead_letter::PREFIX) {
+                headers.insert(key.as_str().to_owned(), amqp_to_json(value));
+            }
+        }
+    }
+    let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+    let mut out = json!({
+        "message_id": text(props.message_id()),
+        "correlation_id": text(props.correlation_id()),
+        "type": text(props.kind()),
+        "reason": reason_of(props.headers().as_ref()),
+        "headers": headers,
+    });
+    match std::str::from_utf8(&d.data) {
+        Ok(body) => out["body"] = Value::String(body.to_owned()),
+        Err(_) => {
+            let hex: String = d.data.iter().map(|b| format!("{b:02x}")).collect();
+            out["body_hex"] = Value::String(hex);
+        }
+    }
+    out
+}
+
+fn amqp_to_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::LongInt(i) => json!(i),
+        AMQPValue::LongLongInt(i) => json!(i),
+        AMQPValue::LongUInt(i) => json!(i),
+        AMQPValue::ShortInt(i) => json!(i),
+        AMQPValue::ShortUInt(i) => json!(i),
+        AMQPValue::ShortShortInt(i) => json!(i),
+        AMQPValue::ShortShortUInt(i) => json!(i),
+        AMQPValue::Timestamp(t) => json!(t),
+        other => Value::String(format!("{other:?}")),
+    }
+}

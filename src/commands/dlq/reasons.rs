@@ -1,0 +1,161 @@
+//! Why a message is in the DLQ, and `dlq stats`: a count per reason.
+
+use std::{collections::BTreeMap, process::ExitCode};
+
+use lapin::{
+    message::Delivery,
+    types::{AMQPValue, FieldTable},
+};
+use serde::Serialize;
+
+use super::{
+    dlq_depth,
+    pass::{pass, Fate, Reader},
+    Session,
+};
+use crate::{broker::fields, cli::OutputFormat, config::BrokerConfig, domain::dead_letter};
+
+/// The reason the tools give a message the broker dead-lettered itself,
+/// past a quorum queue's delivery limit.
+pub const DELIVERY_LIMIT: &str = "delivery_limit";
+/// The reason of a message that carries neither ours nor the broker's.
+pub const UNKNOWN: &str = "unknown";
+
+/// DLQ depth and a count per reason.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// The DLQ as configured (`BRIDGE_DLQ`).
+    pub dlq: String,
+    /// Ready messages when the command started.
+    pub depth: u32,
+    /// Messages per reason, among those read.
+    pub reasons: BTreeMap<String, u64>,
+}
+
+/// Why a message is in the DLQ, as the tools report it: its
+/// `x-bridge-reason`, or `delivery_limit` (or the broker's other reason,
+/// e.g. `expired`) from the newest `x-death` entry when the broker
+/// dead-lettered it, or `unknown`.
+pub fn reason_of(headers: Option<&FieldTable>) -> String {
+    if let Some(reason) = fields::header_text(headers, dead_letter::REASON) {
+        return reason.into_owned();
+    }
+    broker_death_reason(headers).unwrap_or_else(|| UNKNOWN.to_owned())
+}
+
+/// The `reason` of the newest `x-death` entry (the broker puts it first).
+/// RabbitMQ ≥ 3.10 writes `delivery_limit` for a quorum queue's message past
+/// its limit; older brokers wrote `rejected`, which is reported as it is.
+fn broker_death_reason(headers: Option<&FieldTable>) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = headers?.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(newest) = deaths.as_slice().first()? else {
+        return None;
+    };
+    fields::header_text(Some(newest), "reason").map(|r| r.into_owned())
+}
+
+/// # Errors
+/// When the broker cannot be reached or a read message cannot be put back
+/// at the tail (it then stays in the DLQ).
+pub async fn stats(broker_cfg: &BrokerConfig, format: OutputFormat) -> anyhow::Result<ExitCode> {
+    let s = collect_stats(broker_cfg).await?;
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&s)?),
+        OutputFormat::Text => {
+            println!("queue: {}", s.dlq);
+            println!("depth: {}", s.depth);
+            for (reason, count) in &s.reasons {
+                println!("{reason}: {count}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Counter(BTreeMap<String, u64>);
+
+impl Reader for Counter {
+    fn decide(&mut self, d: &Delivery) -> Fate {
+        *self
+            .0
+            .entry(reason_of(d.properties.headers().as_ref()))
+            .or_default() += 1;
+        Fate::Rotate
+    }
+}
+
+/// Reads every message once (a full rotation: the order stays) to count
+/// reasons.
+///
+/// # Errors
+/// When the broker cannot be reached or a copy is not confirmed.
+pub async fn collect_stats(broker_cfg: &BrokerConfig) -> anyhow::Result<Stats> {
+    in_session!(broker_cfg, "dlq stats", |session| async {
+        let Some(depth) = dlq_depth(&session, broker_cfg).await? else {
+            return Ok(Stats {
+                dlq: broker_cfg.dlq.clone(),
+                ..Stats::default()
+            });
+        };
+        let mut counter = Counter(BTreeMap::new());
+        let done = pass(&session, broker_cfg, depth, &mut counter).await;
+        if let Some(e) = done.error {
+            return Err(e.context("counting the DLQ's reasons"));
+        }
+        Ok(Stats {
+            dlq: broker_cfg.dlq.clone(),
+            depth,
+            reasons: counter.0,
+        })
+    })
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use lapin::types::{FieldArray, LongString, ShortString};
+
+    pub(in crate::commands::dlq) fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in pairs {
+            t.insert(ShortString::from(*k), v.clone());
+        }
+        t
+    }
+
+    pub(in crate::commands::dlq) fn text(s: &str) -> AMQPValue {
+        AMQPValue::LongString(LongString::from(s))
+    }
+
+    pub(in crate::commands::dlq) fn death(reason: &str) -> AMQPValue {
+        AMQPValue::FieldTable(table(&[
+            ("reason", text(reason)),
+            ("queue", text("inbound")),
+            ("count", AMQPValue::LongLongInt(1)),
+        ]))
+    }
+
+    #[test]
+    fn reason_prefers_ours_then_the_newest_death() {
+        let ours = table(&[
+            ("x-bridge-reason", text("api_failed")),
+            (
+                "x-death",
+                AMQPValue::FieldArray(FieldArray::from(vec![death("delivery_limit")])),
+            ),
+        ]);
+        assert_eq!(reason_of(Some(&ours)), "api_failed");
+        let broker = table(&[(
+            "x-death",
+            AMQPValue::FieldArray(FieldArray::from(vec![
+                death("delivery_limit"),
+                death("expired"),
+            ])),
+        )]);
+        assert_eq!(reason_of(Some(&broker)), DELIVERY_LIMIT);
+        assert_eq!(reason_of(Some(&table(&[]))), UNKNOWN);
+        assert_eq!(reason_of(None), UNKNOWN);
+    }
+}
