@@ -20,12 +20,16 @@ async fn outage_holds_messages_in_the_queue_then_delivers_them() {
     settings.push(("BRIDGE_OUTAGE_POLICY".into(), "hold".into()));
     settings.push(("BRIDGE_OUTAGE_PAUSE_MS".into(), "2000".into()));
     settings.push(("BRIDGE_MAX_ATTEMPTS".into(), "2".into()));
-    let worker = Worker::start(&broker, settings).await;
-
+    // All five wait in the queue before the worker starts, so they are in
+    // flight together and share the ten failures two by two; published one
+    // by one, a late one could meet the pause, and a copy taken again after
+    // it could eat another message's failure.
+    broker.declare().await;
     for i in 0..5 {
         let props = BasicProperties::default().with_message_id(format!("h-{i}").into());
         broker.publish(b"{}", props).await;
     }
+    let worker = Worker::start(&broker, settings).await;
     wait_until("every message held once", Duration::from_secs(10), || {
         let held = worker.count(Outcome::Held);
         async move { held >= 5 }
