@@ -182,6 +182,13 @@ pub fn held_properties(
     republished(props, msg, headers, Keep::Expiration)
 }
 
+/// A persistent copy of `props` (expiration included) with other headers and
+/// without `user_id`: the broker refuses a publish whose `user_id` is not the
+/// publishing user's, and a tool may run as another user.
+pub fn copied_properties(props: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    rebuilt(props, headers, Keep::Expiration)
+}
+
 /// Properties of a message replayed from the DLQ: `x-bridge-done-targets` is
 /// kept so the APIs that accepted it are not called again; the other
 /// `x-bridge-*` headers are dropped.

@@ -5,13 +5,12 @@
 use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicGetOptions, BasicNackOptions},
-    types::{FieldTable, ShortString},
+    types::FieldTable,
     BasicProperties,
 };
 
 use super::replay::replayed_properties;
 use crate::{
-    broker::fields::PERSISTENT,
     commands::{broker_session::Session, confirm_batch},
     config::BrokerConfig,
 };
@@ -187,7 +186,7 @@ pub(super) async fn pass(
 /// broker's delivery count.
 pub(super) fn rotated_properties(props: &BasicProperties) -> BasicProperties {
     let headers = filtered_headers(props.headers().as_ref(), |k| k != DELIVERY_COUNT);
-    copy_properties(props, headers)
+    crate::broker::fields::copied_properties(props, headers)
 }
 
 pub(super) fn filtered_headers(
@@ -199,49 +198,6 @@ pub(super) fn filtered_headers(
         if keep(key.as_str()) {
             out.insert(key.clone(), value.clone());
         }
-    }
-    out
-}
-
-/// Every property of `props` but `user_id`, with `headers`, persistent
-/// (BasicProperties has no "unset", so the copy is built field by field).
-fn copy_properties(props: &BasicProperties, headers: FieldTable) -> BasicProperties {
-    let mut out = BasicProperties::default()
-        .with_delivery_mode(PERSISTENT)
-        .with_headers(headers);
-    let short = |v: &Option<ShortString>| v.clone();
-    if let Some(v) = short(props.content_type()) {
-        out = out.with_content_type(v);
-    }
-    if let Some(v) = short(props.content_encoding()) {
-        out = out.with_content_encoding(v);
-    }
-    if let Some(v) = props.priority() {
-        out = out.with_priority(*v);
-    }
-    if let Some(v) = short(props.correlation_id()) {
-        out = out.with_correlation_id(v);
-    }
-    if let Some(v) = short(props.reply_to()) {
-        out = out.with_reply_to(v);
-    }
-    if let Some(v) = short(props.expiration()) {
-        out = out.with_expiration(v);
-    }
-    if let Some(v) = short(props.message_id()) {
-        out = out.with_message_id(v);
-    }
-    if let Some(v) = props.timestamp() {
-        out = out.with_timestamp(*v);
-    }
-    if let Some(v) = short(props.kind()) {
-        out = out.with_type(v);
-    }
-    if let Some(v) = short(props.app_id()) {
-        out = out.with_app_id(v);
-    }
-    if let Some(v) = short(props.cluster_id()) {
-        out = out.with_cluster_id(v);
     }
     out
 }
@@ -271,7 +227,10 @@ mod tests {
             ]));
         let out = rotated_properties(&props);
         assert!(out.user_id().is_none());
-        assert_eq!(out.delivery_mode(), &Some(PERSISTENT));
+        assert_eq!(
+            out.delivery_mode(),
+            &Some(crate::broker::fields::PERSISTENT)
+        );
         assert_eq!(out.message_id(), props.message_id());
         assert_eq!(out.correlation_id(), props.correlation_id());
         assert_eq!(out.kind(), props.kind());
