@@ -9,17 +9,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use lapin::{
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
-    Acker, BasicProperties,
-};
+use lapin::{message::Delivery, options::BasicNackOptions, Acker, BasicProperties};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::{
     api::{ApiClient, CallReport, Endpoint},
-    broker::{fields, publisher::Publisher},
+    broker::{acks::Acks, fields, publisher::Publisher},
     config::{OutagePolicy, WorkerConfig},
     domain::{
         dead_letter, decide, message::validate_json, CallOutcome, DeadLetter, Disposition,
@@ -76,15 +72,27 @@ impl DeliveryHandler {
     /// Handles one delivery to its end and returns how it ended. Never panics
     /// on input; a failure to settle leaves the delivery unacked, so the broker
     /// delivers it again.
-    pub async fn handle(self: Arc<Self>, delivery: Delivery, publisher: Arc<Publisher>) -> Outcome {
+    /// Its acks go through `acks`, the coalescer of the delivery's channel.
+    pub async fn handle(
+        self: Arc<Self>,
+        delivery: Delivery,
+        publisher: Arc<Publisher>,
+        acks: Acks,
+    ) -> Outcome {
         let started = Instant::now();
         let Delivery {
             data,
             properties,
             acker,
             redelivered,
+            delivery_tag,
             ..
         } = delivery;
+        let settler = Settler {
+            acks,
+            tag: delivery_tag,
+            acker,
+        };
         let (msg, malformed) = fields::inbound_message(&properties, Bytes::from(data));
         let span = tracing::info_span!("message", message_id = %msg.message_id);
         // OpenTelemetry: child of the message's traceparent (no-op when off).
@@ -102,7 +110,7 @@ impl DeliveryHandler {
                 _ => None,
             };
             let outcome = self
-                .settle(&acker, &publisher, &properties, &msg, disposition)
+                .settle(&settler, &publisher, &properties, &msg, disposition)
                 .await;
             self.metrics.count_outcome(outcome);
             info!(
@@ -195,14 +203,14 @@ impl DeliveryHandler {
     /// broker owns the message.
     async fn settle(
         &self,
-        acker: &Acker,
+        settler: &Settler,
         publisher: &Publisher,
         props: &BasicProperties,
         msg: &InboundMessage,
         disposition: Disposition,
     ) -> Outcome {
         match disposition {
-            Disposition::Ack => ack(acker, Outcome::Acked).await,
+            Disposition::Ack => settler.ack(Outcome::Acked).await,
             Disposition::DeadLetter(dl) => {
                 let headers = dead_letter::headers(&dl, time::OffsetDateTime::now_utc());
                 let props = fields::dead_letter_properties(props, msg, headers);
@@ -210,10 +218,10 @@ impl DeliveryHandler {
                     .publish_dead_letter(&self.dlq, &msg.body, props)
                     .await
                 {
-                    Ok(()) => ack(acker, Outcome::DeadLettered).await,
+                    Ok(()) => settler.ack(Outcome::DeadLettered).await,
                     Err(e) => {
                         warn!(error = %e, dlq = %self.dlq, "dead-letter publish not confirmed; requeueing the message");
-                        requeue(acker).await
+                        settler.requeue().await
                     }
                 }
             }
@@ -223,10 +231,10 @@ impl DeliveryHandler {
                 self.pause.send_replace(Some(until));
                 let props = fields::held_properties(props, msg, done);
                 match publisher.publish(&self.queue, &msg.body, props).await {
-                    Ok(()) => ack(acker, Outcome::Held).await,
+                    Ok(()) => settler.ack(Outcome::Held).await,
                     Err(e) => {
                         warn!(error = %e, "hold republish not confirmed; requeueing the message");
-                        requeue(acker).await
+                        settler.requeue().await
                     }
                 }
             }
@@ -276,32 +284,42 @@ fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
-async fn ack(acker: &Acker, outcome: Outcome) -> Outcome {
-    crate::supervisor::settling();
-    match acker.ack(BasicAckOptions::default()).await {
-        Ok(true) => outcome,
-        // The channel is gone: this delivery's tag is void and the broker
-        // delivers the message again.
-        Ok(false) => {
-            warn!("ack not sent: the channel is closed; the broker will redeliver");
-            Outcome::Requeued
-        }
-        Err(e) => {
-            warn!(error = %e, "ack failed; the broker will redeliver");
-            Outcome::Requeued
-        }
-    }
+/// Settles one delivery on its channel: acks through the channel's
+/// coalescer, nacks on their own.
+struct Settler {
+    acks: Acks,
+    tag: u64,
+    acker: Acker,
 }
 
-async fn requeue(acker: &Acker) -> Outcome {
-    tokio::time::sleep(REQUEUE_DELAY).await;
-    let nack = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
-    crate::supervisor::settling();
-    if let Err(e) = acker.nack(nack).await {
-        warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
+impl Settler {
+    async fn ack(&self, outcome: Outcome) -> Outcome {
+        crate::supervisor::settling();
+        match self.acks.ack(self.tag).await {
+            Ok(true) => outcome,
+            // The channel is gone: this delivery's tag is void and the broker
+            // delivers the message again.
+            Ok(false) => {
+                warn!("ack not sent: the channel is closed; the broker will redeliver");
+                Outcome::Requeued
+            }
+            Err(e) => {
+                warn!(error = %e, "ack failed; the broker will redeliver");
+                Outcome::Requeued
+            }
+        }
     }
-    Outcome::Requeued
+
+    async fn requeue(&self) -> Outcome {
+        tokio::time::sleep(REQUEUE_DELAY).await;
+        let nack = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        crate::supervisor::settling();
+        if let Err(e) = self.acks.nack(self.tag, &self.acker, nack).await {
+            warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
+        }
+        Outcome::Requeued
+    }
 }
