@@ -138,6 +138,20 @@ async fn spans_per_message_and_attempt_reach_the_collector_and_the_apis() {
             &format!("00-{TRACE_ID}-{PARENT_ID}-01"),
         )]));
     broker.publish(br#"{"traced":true}"#, props).await;
+    // The second message only once the first is settled: the logging API's
+    // scripted 503 answers whichever request comes first, and two messages
+    // in flight at once race for it.
+    wait_until(
+        "the first message acked",
+        Duration::from_secs(20),
+        || async {
+            worker
+                .metric("bridge_messages_total{outcome=\"acked\"}")
+                .await
+                == 1.0
+        },
+    )
+    .await;
     // A message without traceparent starts a trace of its own.
     broker
         .publish(
