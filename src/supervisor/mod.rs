@@ -253,7 +253,10 @@ impl Supervisor {
         session.acks.register(tag);
         let token = tasks.token.clone();
         let slot = InFlight::new(self.metrics.in_flight.clone());
-        let handled = handler.handle(delivery, publisher, acks.clone());
+        // Boxed once here: the handler's future is several kilobytes, and
+        // every wrapper below (guard, in-flight scope, tracker, the task
+        // itself) would otherwise copy it whole.
+        let handled = Box::pin(handler.handle(delivery, publisher, acks.clone()));
         let task = guard_delivery(handled, Settle { acks, tag, acker }, channel, token);
         tasks
             .tasks
