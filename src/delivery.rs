@@ -9,17 +9,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use lapin::{
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
-    Acker, BasicProperties,
-};
+use lapin::{message::Delivery, options::BasicNackOptions, Acker, BasicProperties};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::{
     api::{ApiClient, CallReport, Endpoint},
-    broker::{fields, publisher::Publisher},
+    broker::{acks::Acks, fields, publisher::Publisher},
     config::{OutagePolicy, WorkerConfig},
     domain::{
         dead_letter, decide, message::validate_json, CallOutcome, DeadLetter, Disposition,
@@ -76,15 +72,27 @@ impl DeliveryHandler {
     /// Handles one delivery to its end and returns how it ended. Never panics
     /// on input; a failure to settle leaves the delivery unacked, so the broker
     /// delivers it again.
-    pub async fn handle(self: Arc<Self>, delivery: Delivery, publisher: Arc<Publisher>) -> Outcome {
+    /// Its acks go through `acks`, the coalescer of the delivery's channel.
+    pub async fn handle(
+        self: Arc<Self>,
+        delivery: Delivery,
+        publisher: Arc<Publisher>,
+        acks: Acks,
+    ) -> Outcome {
         let started = Instant::now();
         let Delivery {
             data,
             properties,
             acker,
             redelivered,
+            delivery_tag,
             ..
         } = delivery;
+        let settler = Settler {
+            acks,
+            tag: delivery_tag,
+            acker,
+        };
         let (msg, malformed) = fields::inbound_message(&properties, Bytes::from(data));
         let span = tracing::info_span!("message", message_id = %msg.message_id);
         // OpenTelemetry: child of the message's traceparent (no-op when off).
@@ -102,20 +110,20 @@ impl DeliveryHandler {
                 _ => None,
             };
             let outcome = self
-                .settle(&acker, &publisher, &properties, &msg, disposition)
+                .settle(&settler, &publisher, &properties, &msg, disposition)
                 .await;
             self.metrics.count_outcome(outcome);
             info!(
                 message_id = %msg.message_id,
                 outcome = outcome.as_str(),
                 reason,
-                // A string, so text logs quote it; built only when the line
-                // is written (the macro checks the level first).
-                latency_ms = Latencies {
+                // A string, so text logs quote it; formatted on the stack,
+                // only when the line is written (the macro checks the level
+                // first).
+                latency_ms = InlineStr::display(&Latencies {
                     endpoints: self.api.endpoints(),
                     calls: &calls,
-                }
-                .to_string()
+                })
                 .as_str(),
                 total_ms = millis(started.elapsed()),
                 redelivered,
@@ -195,14 +203,14 @@ impl DeliveryHandler {
     /// broker owns the message.
     async fn settle(
         &self,
-        acker: &Acker,
+        settler: &Settler,
         publisher: &Publisher,
         props: &BasicProperties,
         msg: &InboundMessage,
         disposition: Disposition,
     ) -> Outcome {
         match disposition {
-            Disposition::Ack => ack(acker, Outcome::Acked).await,
+            Disposition::Ack => settler.ack(Outcome::Acked).await,
             Disposition::DeadLetter(dl) => {
                 let headers = dead_letter::headers(&dl, time::OffsetDateTime::now_utc());
                 let props = fields::dead_letter_properties(props, msg, headers);
@@ -210,10 +218,10 @@ impl DeliveryHandler {
                     .publish_dead_letter(&self.dlq, &msg.body, props)
                     .await
                 {
-                    Ok(()) => ack(acker, Outcome::DeadLettered).await,
+                    Ok(()) => settler.ack(Outcome::DeadLettered).await,
                     Err(e) => {
                         warn!(error = %e, dlq = %self.dlq, "dead-letter publish not confirmed; requeueing the message");
-                        requeue(acker).await
+                        settler.requeue().await
                     }
                 }
             }
@@ -223,10 +231,10 @@ impl DeliveryHandler {
                 self.pause.send_replace(Some(until));
                 let props = fields::held_properties(props, msg, done);
                 match publisher.publish(&self.queue, &msg.body, props).await {
-                    Ok(()) => ack(acker, Outcome::Held).await,
+                    Ok(()) => settler.ack(Outcome::Held).await,
                     Err(e) => {
                         warn!(error = %e, "hold republish not confirmed; requeueing the message");
-                        requeue(acker).await
+                        settler.requeue().await
                     }
                 }
             }
@@ -262,6 +270,61 @@ impl fmt::Display for Latencies<'_> {
     }
 }
 
+/// A value's `Display` output, written into a buffer on the stack (on the
+/// heap only when it is longer), to be logged as a string field without an
+/// allocation per message.
+// The large variant is the point: it lives on the stack for one log line.
+#[allow(clippy::large_enum_variant)]
+enum InlineStr {
+    Stack { buf: [u8; INLINE_STR], len: usize },
+    Heap(String),
+}
+
+/// Enough for the latencies of a dozen targets with short names.
+const INLINE_STR: usize = 256;
+
+/// Writes into a stack buffer; fails, without writing, at the first piece
+/// that does not fit.
+struct StackWriter<'a> {
+    buf: &'a mut [u8; INLINE_STR],
+    len: usize,
+}
+
+impl fmt::Write for StackWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let dest = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        dest.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl InlineStr {
+    fn display(value: &impl fmt::Display) -> InlineStr {
+        let mut buf = [0u8; INLINE_STR];
+        let mut w = StackWriter {
+            buf: &mut buf,
+            len: 0,
+        };
+        match fmt::write(&mut w, format_args!("{value}")) {
+            Ok(()) => {
+                let len = w.len;
+                InlineStr::Stack { buf, len }
+            }
+            Err(_) => InlineStr::Heap(value.to_string()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Only whole `&str`s were copied in, so this is UTF-8.
+            InlineStr::Stack { buf, len } => std::str::from_utf8(&buf[..*len]).unwrap_or_default(),
+            InlineStr::Heap(s) => s,
+        }
+    }
+}
+
 /// At most the first `max` bytes of `s`, cut at a character boundary.
 fn prefix(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
@@ -276,32 +339,58 @@ fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
-async fn ack(acker: &Acker, outcome: Outcome) -> Outcome {
-    crate::supervisor::settling();
-    match acker.ack(BasicAckOptions::default()).await {
-        Ok(true) => outcome,
-        // The channel is gone: this delivery's tag is void and the broker
-        // delivers the message again.
-        Ok(false) => {
-            warn!("ack not sent: the channel is closed; the broker will redeliver");
-            Outcome::Requeued
+/// Settles one delivery on its channel: acks through the channel's
+/// coalescer, nacks on their own.
+struct Settler {
+    acks: Acks,
+    tag: u64,
+    acker: Acker,
+}
+
+impl Settler {
+    async fn ack(&self, outcome: Outcome) -> Outcome {
+        crate::supervisor::settling();
+        match self.acks.ack(self.tag).await {
+            Ok(true) => outcome,
+            // The channel is gone: this delivery's tag is void and the broker
+            // delivers the message again.
+            Ok(false) => {
+                warn!("ack not sent: the channel is closed; the broker will redeliver");
+                Outcome::Requeued
+            }
+            Err(e) => {
+                warn!(error = %e, "ack failed; the broker will redeliver");
+                Outcome::Requeued
+            }
         }
-        Err(e) => {
-            warn!(error = %e, "ack failed; the broker will redeliver");
-            Outcome::Requeued
+    }
+
+    async fn requeue(&self) -> Outcome {
+        tokio::time::sleep(REQUEUE_DELAY).await;
+        let nack = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        crate::supervisor::settling();
+        if let Err(e) = self.acks.nack(self.tag, &self.acker, nack).await {
+            warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
         }
+        Outcome::Requeued
     }
 }
 
-async fn requeue(acker: &Acker) -> Outcome {
-    tokio::time::sleep(REQUEUE_DELAY).await;
-    let nack = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
-    crate::supervisor::settling();
-    if let Err(e) = acker.nack(nack).await {
-        warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_values_stay_on_the_stack_and_long_ones_still_print_whole() {
+        let short = InlineStr::display(&"user-management=12.3 logging=done");
+        assert!(matches!(short, InlineStr::Stack { .. }));
+        assert_eq!(short.as_str(), "user-management=12.3 logging=done");
+        let long = "é".repeat(INLINE_STR);
+        let heap = InlineStr::display(&long);
+        assert!(matches!(heap, InlineStr::Heap(_)));
+        assert_eq!(heap.as_str(), long);
     }
-    Outcome::Requeued
 }

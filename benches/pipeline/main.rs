@@ -54,7 +54,11 @@ use workers::{worker_run, Apis, Ctx, Program};
 
 type Res<T> = Result<T, String>;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fanout-bridge");
+/// The binary under test: `BENCH_BIN` when set (e.g. a copy of an earlier
+/// build, to interleave before/after runs), else the one cargo built.
+fn bin() -> String {
+    std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fanout-bridge").to_owned())
+}
 /// A run with no progress for this long is abandoned.
 const STALL: Duration = Duration::from_secs(30);
 

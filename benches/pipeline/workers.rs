@@ -13,12 +13,13 @@ use std::{
 use tokio::runtime::Runtime;
 
 use crate::{
+    bin,
     broker::{delete_queues, fresh_queue, prefill, remember_queue},
     config::Cfg,
     http::{gauge, metric, tail, Http, OtlpReceiver},
     process::{free_port, tcp_active_opens, vm_hwm_kib, ChildGuard, SplitProbe},
     scenarios::Run,
-    Res, BIN, STALL,
+    Res, STALL,
 };
 
 /// How often the worker's `/metrics` is read while it drains the queue.
@@ -82,7 +83,7 @@ fn start_demo_api(ctx: &Ctx, latency_ms: u64, role: &str) -> Res<(ChildGuard, u1
     let stderr = fs::File::create(&log).map_err(|e| e.to_string())?;
     let mut guard = ChildGuard::spawn(
         &format!("demo-api ({latency_ms} ms)"),
-        Command::new(BIN)
+        Command::new(bin())
             .args([
                 "demo-api",
                 "--listen",
@@ -132,7 +133,7 @@ pub fn worker_run(
                 ("node reference worker", cmd)
             }
             Program::Bridge | Program::BridgeOtel(_) => {
-                let mut cmd = Command::new(BIN);
+                let mut cmd = Command::new(bin());
                 cmd.arg("run");
                 ("worker", cmd)
             }

@@ -9,7 +9,10 @@ mod transport;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::{
+    header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER},
+    Method,
+};
 use tracing::warn;
 
 use crate::{
@@ -256,25 +259,26 @@ impl ApiClient {
         body: &Bytes,
         span: &tracing::Span,
     ) -> Result<(), (FailureKind, String, Option<Duration>)> {
-        let mut headers = headers.clone();
+        // The request is assembled directly: the message's headers (shared
+        // by every target) plus the target's ready-made URL and
+        // Authorization, without a builder re-inserting them one by one.
+        let mut request = reqwest::Request::new(Method::POST, endpoint.url.clone());
+        let request_headers = request.headers_mut();
+        request_headers.clone_from(headers);
+        if let Some(auth) = &endpoint.authorization {
+            request_headers.insert(AUTHORIZATION, auth.clone());
+        }
         // With OpenTelemetry on, the API gets the attempt's span as its parent
         // instead of the message's traceparent.
-        crate::otel::inject(span, &mut headers);
-        let mut request = self
-            .client
-            .post(endpoint.url.clone())
-            .headers(headers)
-            .body(body.clone())
-            .timeout(self.timeout);
-        if let Some(auth) = &endpoint.authorization {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
+        crate::otel::inject(span, request_headers);
+        *request.body_mut() = Some(body.clone().into());
+        *request.timeout_mut() = Some(self.timeout);
         let transport = |e: reqwest::Error| {
             let text = scrub(describe(&e, self.timeout), &endpoint.url);
             crate::otel::record_error(span, error_type(&e), &text);
             (FailureKind::Transient, text, None)
         };
-        let mut response = request.send().await.map_err(transport)?;
+        let mut response = self.client.execute(request).await.map_err(transport)?;
         let status = response.status().as_u16();
         crate::otel::record_status(span, status);
         let retry_after = if classify::honours_retry_after(status) {

@@ -2,6 +2,7 @@
 //! supervisor that keeps a consumer alive across broker faults sits above it,
 //! in [`crate::supervisor`].
 
+pub mod acks;
 pub mod fields;
 pub mod publisher;
 pub mod topology;

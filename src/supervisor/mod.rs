@@ -28,7 +28,7 @@ use crate::{
     metrics::Metrics,
 };
 use session::Session;
-pub use tasks::{guard_delivery, settling};
+pub use tasks::{guard_delivery, settling, Settle};
 use tasks::{ConsumerTasks, InFlight, IN_FLIGHT, REQUEUE};
 
 /// Reconnect delays: from half a second, doubling, at most 30 s (contract).
@@ -248,9 +248,16 @@ impl Supervisor {
         let publisher = Arc::clone(&session.publisher);
         let channel = session.channel.clone();
         let acker = delivery.acker.clone();
+        let tag = delivery.delivery_tag;
+        let acks = session.acks.clone();
+        session.acks.register(tag);
         let token = tasks.token.clone();
         let slot = InFlight::new(self.metrics.in_flight.clone());
-        let task = guard_delivery(handler.handle(delivery, publisher), acker, channel, token);
+        // Boxed once here: the handler's future is several kilobytes, and
+        // every wrapper below (guard, in-flight scope, tracker, the task
+        // itself) would otherwise copy it whole.
+        let handled = Box::pin(handler.handle(delivery, publisher, acks.clone()));
+        let task = guard_delivery(handled, Settle { acks, tag, acker }, channel, token);
         tasks
             .tasks
             .spawn(self.tracker.track_future(IN_FLIGHT.scope(slot, task)));
@@ -278,9 +285,10 @@ impl Supervisor {
         let mut returned = 0u32;
         while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await
         {
-            if let Ok(Ok(true)) =
-                tokio::time::timeout_at(deadline, delivery.acker.nack(REQUEUE)).await
-            {
+            let tag = delivery.delivery_tag;
+            session.acks.register(tag);
+            let nack = session.acks.nack(tag, &delivery.acker, REQUEUE);
+            if let Ok(Ok(true)) = tokio::time::timeout_at(deadline, nack).await {
                 returned += 1;
             }
         }

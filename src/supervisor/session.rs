@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use super::BROKER_CALL_TIMEOUT;
 use crate::{
     broker::{
-        close, close_channel, connect_from, connect_node, publisher::Publisher, topology,
-        BrokerError,
+        acks::Acks, close, close_channel, connect_from, connect_node, publisher::Publisher,
+        topology, BrokerError,
     },
     config::BrokerConfig,
 };
@@ -27,6 +27,8 @@ const WORKER_CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 pub(super) struct Session {
     pub(super) consume_conn: Connection,
     pub(super) channel: Channel,
+    /// The consuming channel's acks, coalesced.
+    pub(super) acks: Acks,
     pub(super) publish_conn: Arc<Connection>,
     pub(super) publisher: Arc<Publisher>,
     /// Index into the configured nodes, and its `host:port`.
@@ -86,16 +88,20 @@ impl Session {
         })
         .await;
         match rest {
-            Ok((channel, publish_conn, publisher)) => Ok(Session {
-                consume_conn,
-                channel,
-                publish_conn,
-                publisher: Arc::new(publisher),
-                index,
-                node,
-                token: CancellationToken::new(),
-                depth_task: None,
-            }),
+            Ok((channel, publish_conn, publisher)) => {
+                let token = CancellationToken::new();
+                Ok(Session {
+                    consume_conn,
+                    acks: Acks::new(channel.clone(), token.clone()),
+                    channel,
+                    publish_conn,
+                    publisher: Arc::new(publisher),
+                    index,
+                    node,
+                    token,
+                    depth_task: None,
+                })
+            }
             Err(e) => {
                 close(&consume_conn).await;
                 Err(e)

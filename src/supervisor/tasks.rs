@@ -10,7 +10,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, warn};
 
 use super::{session::Session, BROKER_CALL_TIMEOUT};
-use crate::{broker::close_channel, metrics::Outcome};
+use crate::{
+    broker::{acks::Acks, close_channel},
+    metrics::Outcome,
+};
 
 /// How long abandoned delivery tasks are waited for before consuming again
 /// (they stop at their next await; this is a safety net).
@@ -113,12 +116,33 @@ pub(super) const REQUEUE: BasicNackOptions = BasicNackOptions {
     requeue: true,
 };
 
-/// Hands a delivery back to the queue. `Ok(true)` when the nack was sent.
-async fn hand_back(acker: &Acker) -> bool {
-    matches!(
-        tokio::time::timeout(BROKER_CALL_TIMEOUT, acker.nack(REQUEUE)).await,
-        Ok(Ok(true))
-    )
+/// What a delivery task's guard needs to hand its message back: the
+/// channel's acks (so a nack never races a coalesced ack of the same tag),
+/// the delivery's tag and its acker.
+pub struct Settle {
+    pub acks: Acks,
+    pub tag: u64,
+    pub acker: Acker,
+}
+
+/// How handing a delivery back went.
+enum HandBack {
+    Sent,
+    /// Its ack had already gone out (or been taken to go out).
+    AlreadySettled,
+    NotSent,
+}
+
+/// Hands a delivery back to the queue, unless it was settled already.
+async fn hand_back(settle: &Settle) -> HandBack {
+    if !settle.acks.is_unsettled(settle.tag) {
+        return HandBack::AlreadySettled;
+    }
+    let nack = settle.acks.nack(settle.tag, &settle.acker, REQUEUE);
+    match tokio::time::timeout(BROKER_CALL_TIMEOUT, nack).await {
+        Ok(Ok(true)) => HandBack::Sent,
+        _ => HandBack::NotSent,
+    }
 }
 
 /// The life of one delivery task: `handled` (the handler working on the
@@ -127,8 +151,12 @@ async fn hand_back(acker: &Acker) -> bool {
 /// message handed back); a panic hands the message back to the queue, or
 /// closes the channel if the nack cannot be sent, so it never stays stuck in
 /// this channel's prefetch.
-pub async fn guard_delivery<F>(handled: F, acker: Acker, channel: Channel, token: CancellationToken)
-where
+pub async fn guard_delivery<F>(
+    handled: F,
+    settle: Settle,
+    channel: Channel,
+    token: CancellationToken,
+) where
     F: std::future::Future<Output = Outcome>,
 {
     let handled = AssertUnwindSafe(handled).catch_unwind();
@@ -137,23 +165,27 @@ where
         () = token.cancelled() => {
             settling();
             if channel.status().connected() {
-                hand_back(&acker).await;
+                hand_back(&settle).await;
             }
         }
         handled = handled => {
             if handled.is_err() {
                 settling();
-                if !acker.usable() && !acker.poisoned() {
-                    error!("a delivery task panicked after settling its message");
-                } else if hand_back(&acker).await {
-                    error!("a delivery task panicked; its message was handed back to the queue");
-                } else {
+                match hand_back(&settle).await {
+                    HandBack::AlreadySettled => {
+                        error!("a delivery task panicked after settling its message");
+                    }
+                    HandBack::Sent => {
+                        error!("a delivery task panicked; its message was handed back to the queue");
+                    }
+                    HandBack::NotSent => {
                     // A nack that cannot be sent would leave the message
                     // stuck in this channel's prefetch: closing the channel
                     // makes the broker requeue it (and the supervisor
                     // reconnects).
                     error!("a delivery task panicked and its message could not be handed back; closing the channel");
                     close_channel(&channel).await;
+                    }
                 }
             }
         }

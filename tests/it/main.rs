@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod acks;
 mod big_headers;
 mod cli;
 mod cli_scripts;

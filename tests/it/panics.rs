@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-use fanout_bridge::{metrics::Outcome, supervisor::guard_delivery};
+use fanout_bridge::{
+    broker::acks::Acks,
+    metrics::Outcome,
+    supervisor::{guard_delivery, Settle},
+};
 use futures::StreamExt;
 use lapin::{
     options::{BasicConsumeOptions, BasicQosOptions},
@@ -51,9 +55,16 @@ async fn a_panicking_delivery_task_hands_its_message_back() {
         }
         Outcome::Acked
     };
+    let acks = Acks::new(channel.clone(), CancellationToken::new());
+    acks.register(first.delivery_tag);
+    let settle = Settle {
+        acks: acks.clone(),
+        tag: first.delivery_tag,
+        acker: first.acker.clone(),
+    };
     let guarded = tokio::spawn(guard_delivery(
         handler,
-        first.acker.clone(),
+        settle,
         channel.clone(),
         CancellationToken::new(),
     ));
