@@ -1,6 +1,7 @@
 //! fanout-bridge: consumes JSON messages from a RabbitMQ queue and, for each,
-//! calls a user-management API and a logging API at the same time; acks when
-//! both accepted it, otherwise moves it to a dead-letter queue with the reason.
+//! calls every configured target (by default a user-management API and a
+//! logging API) at the same time; acks when all accepted it, otherwise moves
+//! it to a dead-letter queue with the reason.
 //!
 //! # Layout
 //!

@@ -4,38 +4,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fanout_bridge::{
-    cli::{Cli, Command},
-    commands,
-    config::RawConfig,
-    otel, telemetry,
-};
+use fanout_bridge::{cli::Cli, commands, config::RawConfig, otel, telemetry};
 
 fn main() -> ExitCode {
     // clap exits 2 on a usage error, as the contract asks.
     let cli = Cli::parse();
     let raw = RawConfig::from_env();
-    let format = match raw.log_format() {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("fanout-bridge: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // OpenTelemetry (the worker only): built before the runtime, since its
-    // OTLP client is blocking and lives on the exporter's thread.
-    let traces = if matches!(cli.command, Command::Run) {
-        match otel::layer() {
-            Ok(layer) => layer,
-            Err(e) => {
-                eprintln!("fanout-bridge: invalid configuration: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    } else {
-        None
-    };
-    telemetry::init_with(format, cli.command.default_log_filter(), traces);
+    if let Err(e) = telemetry::init_for(&cli.command, &raw) {
+        eprintln!("fanout-bridge: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

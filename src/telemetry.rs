@@ -8,6 +8,27 @@ use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, Env
 
 use crate::config::LogFormat;
 
+/// Our log lines for `command` (`BRIDGE_LOG_FORMAT`, `RUST_LOG`), and for the
+/// worker the OpenTelemetry layer when `OTEL_EXPORTER_OTLP_*` asks for it.
+/// Call it before the runtime starts: the OTLP client is blocking and lives
+/// on the exporter's own thread.
+///
+/// # Errors
+/// A bad `BRIDGE_LOG_FORMAT` or OpenTelemetry setting (exit 2).
+pub fn init_for(
+    command: &crate::cli::Command,
+    raw: &crate::config::RawConfig,
+) -> Result<(), String> {
+    let format = raw.log_format().map_err(|e| e.to_string())?;
+    let traces = if matches!(command, crate::cli::Command::Run) {
+        crate::otel::layer().map_err(|e| format!("invalid configuration: {e}"))?
+    } else {
+        None
+    };
+    init_with(format, command.default_log_filter(), traces);
+    Ok(())
+}
+
 /// Installs the global subscriber; a second call is a no-op. `default` is the
 /// filter used when `RUST_LOG` is not set.
 pub fn init(format: LogFormat, default: &str) {
