@@ -539,6 +539,12 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub const BIN: &str = env!("CARGO_BIN_EXE_fanout-bridge");
 
 /// A free loopback port (bound, then released).
+/// A port nothing listens on, for connection-refused cases. Not an
+/// ephemeral port learned and released: another test's server can take that
+/// one meanwhile (seen once: a "refused" API answered). Port 1 (tcpmux) is
+/// privileged and served by nothing on a test machine.
+pub const CLOSED_PORT: u16 = 1;
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

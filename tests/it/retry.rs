@@ -164,11 +164,7 @@ async fn retry_after_on_429_sets_the_least_wait() {
 async fn connection_refused_is_transient() {
     let broker = Broker::new("refused").await;
     let user = FakeApi::start().await;
-    // A port nobody listens on: bind, learn the port, close.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = format!("127.0.0.1:{CLOSED_PORT}");
     let mut settings = fast_settings(&user, &user);
     settings.retain(|(k, _)| k != "BRIDGE_LOG_API_URL");
     settings.push(("BRIDGE_LOG_API_URL".into(), format!("http://{closed}/logs")));

@@ -87,11 +87,10 @@ async fn a_url_password_is_never_in_a_configuration_error() {
 async fn a_url_password_is_never_logged() {
     let broker = Broker::new("urlpw").await;
     let log = FakeApi::start().await;
-    let refused_port = free_port();
     let settings = vars(&[
         (
             "BRIDGE_USER_API_URL",
-            &format!("http://user:hunter2@127.0.0.1:{refused_port}/x"),
+            &format!("http://user:hunter2@127.0.0.1:{CLOSED_PORT}/x"),
         ),
         ("BRIDGE_LOG_API_URL", &log.url()),
         ("BRIDGE_MAX_ATTEMPTS", "2"),
