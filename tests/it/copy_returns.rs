@@ -12,7 +12,7 @@ use std::{
 
 use futures::StreamExt;
 use lapin::{
-    options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions},
+    options::{BasicConsumeOptions, BasicPublishOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
     BasicProperties, Connection, ConnectionProperties,
 };
@@ -282,22 +282,7 @@ async fn replay_to_a_full_inbound_queue_keeps_the_rest_in_the_dlq() {
     broker.declare().await;
     // The inbound queue as an operator may cap it: past 300 messages the
     // broker nacks a publish.
-    broker.delete(&broker.queue).await;
-    let mut args = FieldTable::default();
-    args.insert(ShortString::from("x-max-length"), AMQPValue::LongInt(300));
-    args.insert(ShortString::from("x-overflow"), text("reject-publish"));
-    broker
-        .channel
-        .queue_declare(
-            broker.queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
+    recreate_capped(&broker, &broker.queue, 300).await;
     let all = numbered("rf", 1000);
     fill(&broker, &broker.dlq, &all).await;
 
@@ -320,22 +305,7 @@ async fn stats_over_a_dlq_that_refuses_copies_loses_nothing() {
     // A capped DLQ (reject-publish), full: every message read frees a place
     // that a writer races the copy for, so some copies to the tail are
     // nacked (the broker counts only ready messages against the cap).
-    broker.delete(&broker.dlq).await;
-    let mut args = FieldTable::default();
-    args.insert(ShortString::from("x-max-length"), AMQPValue::LongInt(600));
-    args.insert(ShortString::from("x-overflow"), text("reject-publish"));
-    broker
-        .channel
-        .queue_declare(
-            broker.dlq.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
+    recreate_capped(&broker, &broker.dlq, 600).await;
     let all = numbered("rs", 600);
     fill(&broker, &broker.dlq, &all).await;
 
@@ -374,4 +344,14 @@ async fn stats_over_a_dlq_that_refuses_copies_loses_nothing() {
         .collect();
     assert_eq!(compare(&all, &left, &[]), (0, 0), "(lost, doubled)");
     assert_eq!(left.len(), all.len(), "none doubled");
+}
+
+/// Deletes `queue` and declares it again capped at `max` messages, past
+/// which the broker nacks a publish (`reject-publish`).
+async fn recreate_capped(broker: &Broker, queue: &str, max: i32) {
+    broker.delete(queue).await;
+    let mut args = FieldTable::default();
+    args.insert(ShortString::from("x-max-length"), AMQPValue::LongInt(max));
+    args.insert(ShortString::from("x-overflow"), text("reject-publish"));
+    broker.declare_with(queue, args).await;
 }
