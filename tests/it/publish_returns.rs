@@ -74,17 +74,7 @@ async fn publish_names_the_lines_that_came_back() {
         reported.last()
     );
     assert!(stderr.contains("line 1501: not confirmed"), "{stderr}");
-    let stored: BTreeSet<u64> = taker
-        .taken
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, body)| {
-            serde_json::from_slice::<Value>(body).unwrap()["n"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let stored = stored_lines(&taker);
     assert_eq!(stored, (1..=1500).collect::<BTreeSet<_>>());
 }
 
@@ -114,17 +104,7 @@ async fn publish_while_the_queue_is_deleted_names_exactly_the_lines_not_stored()
         .iter()
         .map(|u| u["line"].as_u64().unwrap())
         .collect();
-    let stored: BTreeSet<u64> = taker
-        .taken
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, body)| {
-            serde_json::from_slice::<Value>(body).unwrap()["n"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let stored = stored_lines(&taker);
     assert!(stored.len() < 20_000, "the queue went part way");
     let not_stored: BTreeSet<u64> = (1..=20_000).filter(|n| !stored.contains(n)).collect();
     let confirmed = report["confirmed"].as_u64().unwrap() as usize;
@@ -142,4 +122,19 @@ async fn publish_while_the_queue_is_deleted_names_exactly_the_lines_not_stored()
         confirmed - stored.len(),
         "lines missing and not reported, other than those confirmed into the queue being deleted"
     );
+}
+
+/// The line numbers (`{"n":N}`) of the messages that reached the queue.
+fn stored_lines(taker: &Taker) -> BTreeSet<u64> {
+    taker
+        .taken
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| {
+            serde_json::from_slice::<Value>(body).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
 }
