@@ -349,7 +349,7 @@ struct Settler {
 
 impl Settler {
     async fn ack(&self, outcome: Outcome) -> Outcome {
-        crate::supervisor::settling();
+        crate::in_flight::settling();
         match self.acks.ack(self.tag).await {
             Ok(true) => outcome,
             // The channel is gone: this delivery's tag is void and the broker
@@ -371,7 +371,7 @@ impl Settler {
             requeue: true,
             ..BasicNackOptions::default()
         };
-        crate::supervisor::settling();
+        crate::in_flight::settling();
         if let Err(e) = self.acks.nack(self.tag, &self.acker, nack).await {
             warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
         }

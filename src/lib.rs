@@ -19,7 +19,8 @@
 //!   connections, topology, confirmed publishing), [`ops`] (serves metrics
 //!   and health).
 //! - Shared tools: [`health`] (readiness, written by the supervisor, read by
-//!   ops), [`backoff`], [`metrics`] (the Prometheus handles).
+//!   ops), [`in_flight`] (a delivery's in-flight slot), [`backoff`],
+//!   [`metrics`] (the Prometheus handles).
 //! - [`domain`]: the pure core: message id, targets, outcomes, the
 //!   disposition of a message, DLQ header values. No I/O.
 //! - [`shutdown`], [`telemetry`]: signals and our own log output.
@@ -39,6 +40,7 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod health;
+pub mod in_flight;
 pub mod metrics;
 pub mod ops;
 pub mod otel;

@@ -19,6 +19,7 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, warn};
 
+use crate::in_flight::{InFlight, IN_FLIGHT};
 use crate::{
     backoff::Backoff,
     broker::{close_channel, random_node, topology, BrokerError},
@@ -28,8 +29,8 @@ use crate::{
     metrics::Metrics,
 };
 use session::Session;
-pub use tasks::{guard_delivery, settling, Settle};
-use tasks::{ConsumerTasks, InFlight, IN_FLIGHT, REQUEUE};
+pub use tasks::{guard_delivery, Settle};
+use tasks::{ConsumerTasks, REQUEUE};
 
 /// Reconnect delays: from half a second, doubling, at most 30 s (contract).
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));

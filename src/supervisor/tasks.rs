@@ -1,5 +1,5 @@
 //! The delivery tasks of a consumer: their lifetime ([`ConsumerTasks`]),
-//! their slot in `bridge_messages_in_flight` ([`InFlight`]), and the guard
+//! their slot in `bridge_messages_in_flight` ([`crate::in_flight`]), and the guard
 //! that hands a message back when its task is abandoned or panics.
 
 use std::{panic::AssertUnwindSafe, time::Duration};
@@ -12,6 +12,7 @@ use tracing::{debug, error, warn};
 use super::{session::Session, BROKER_CALL_TIMEOUT};
 use crate::{
     broker::{acks::Acks, close_channel},
+    in_flight::settling,
     metrics::Outcome,
 };
 
@@ -63,52 +64,6 @@ impl ConsumerTasks {
             );
         }
     }
-}
-
-tokio::task_local! {
-    /// The in-flight slot of the delivery this task handles.
-    pub(super) static IN_FLIGHT: InFlight;
-}
-
-/// One delivery's count in `bridge_messages_in_flight`, released exactly
-/// once: when its ack or nack is about to be sent (after that the broker may
-/// already deliver the next message, which must find the slot free), or at
-/// the latest when its task ends.
-pub(super) struct InFlight {
-    gauge: prometheus::IntGauge,
-    released: std::sync::atomic::AtomicBool,
-}
-
-impl InFlight {
-    pub(super) fn new(gauge: prometheus::IntGauge) -> Self {
-        gauge.inc();
-        InFlight {
-            gauge,
-            released: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    fn release(&self) {
-        if !self
-            .released
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            self.gauge.dec();
-        }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
-/// Called by the delivery task just before it sends its ack or nack: the
-/// message leaves `bridge_messages_in_flight` then, not after the ack's round
-/// trip. A no-op outside a delivery task.
-pub fn settling() {
-    let _ = IN_FLIGHT.try_with(InFlight::release);
 }
 
 pub(super) const REQUEUE: BasicNackOptions = BasicNackOptions {
