@@ -1,9 +1,19 @@
 //! A message with 20 KiB of headers (trace baggage, a big correlation
 //! header): RabbitMQ never splits a header frame, so it only passes when the
 //! connection uses the broker's frame size (128 KiB), not a small one.
+//!
+//! lapin's ring buffers start at two frames of that size and grow only when a
+//! frame does not fit (patches/lapin): messages far bigger than the buffers,
+//! and a header frame bigger than the empty send buffer, must still pass
+//! through them, in and out.
+
+use std::time::Duration;
 
 use fanout_bridge::metrics::Outcome;
-use lapin::BasicProperties;
+use lapin::{
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    BasicProperties, Connection, ConnectionProperties,
+};
 
 use crate::helpers::*;
 
@@ -47,4 +57,94 @@ async fn a_message_with_20_kib_of_headers_is_acked_and_its_dlq_copy_stored() {
         Some("logging")
     );
     assert_eq!(broker.depth(&broker.queue).await, 0);
+}
+
+/// 1.5 MiB bodies (12 body frames each, 6 × the ring buffers; the stand-in
+/// API, axum, takes up to 2 MiB) with 100 KiB of headers (a header frame near
+/// the frame size): every byte reaches the API, and the DLQ copy, published
+/// through the worker's own send buffer, is whole.
+#[tokio::test]
+async fn messages_far_bigger_than_the_buffers_pass_whole_both_ways() {
+    let broker = Broker::new("bigbodies").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    let worker = Worker::start(&broker, fast_settings(&user, &log)).await;
+    let baggage = "h".repeat(100 * 1024);
+    let body = |n: u8| {
+        let filler: String = (0..3 * 512 * 1024)
+            .map(|i| (b'a' + ((i + n as usize) % 26) as u8) as char)
+            .collect();
+        format!("{{\"n\":{n},\"filler\":\"{filler}\"}}").into_bytes()
+    };
+    let props = |id: &str| {
+        BasicProperties::default()
+            .with_message_id(id.into())
+            .with_headers(headers(&[("x-baggage", &baggage)]))
+    };
+
+    for n in 1..=3 {
+        broker.publish(&body(n), props(&format!("huge-{n}"))).await;
+    }
+    worker.wait_settled(3).await;
+    assert_eq!(worker.count(Outcome::Acked), 3);
+    let mut seen: Vec<_> = user.received().into_iter().map(|r| r.body).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        (1..=3)
+            .map(|n| body(n).into())
+            .collect::<Vec<bytes::Bytes>>()
+    );
+
+    log.always(Reply::status(422));
+    broker.publish(&body(4), props("huge-4")).await;
+    worker.wait_settled(4).await;
+    assert_eq!(worker.count(Outcome::DeadLettered), 1);
+    worker.stop().await;
+
+    let dead = broker.drain(&broker.dlq).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].data, body(4));
+    assert_eq!(
+        header_text(&dead[0], "x-baggage").map(|b| b.len()),
+        Some(baggage.len())
+    );
+}
+
+/// A header frame bigger than the whole empty send buffer (300 KiB of headers
+/// against 256 KiB) goes out whole, and the broker judges it: RabbitMQ closes
+/// the connection with `frame_too_large` (over its frame_max), exactly as with
+/// lapin's former 4 MiB buffers. Before the patch's exact rollback, the
+/// frame's partial write filled the empty buffer, the rollback missed it, and
+/// lapin sent the cut frame (`invalid_frame_end_marker`).
+#[tokio::test]
+async fn a_header_frame_bigger_than_the_send_buffer_goes_out_whole() {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let baggage = "x".repeat(300 * 1024);
+    let publish = async {
+        channel
+            .basic_publish(
+                "".into(),
+                unique("hugeframe").as_str().into(),
+                BasicPublishOptions::default(),
+                b"{}",
+                BasicProperties::default().with_headers(headers(&[("x-baggage", &baggage)])),
+            )
+            .await?
+            .await
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(20), publish)
+        .await
+        .expect("the publish of an oversized header frame hung");
+    let error = format!(
+        "{:?}",
+        outcome.expect_err("RabbitMQ accepted a frame over its frame_max")
+    );
+    assert!(error.contains("frame_too_large"), "{error}");
 }

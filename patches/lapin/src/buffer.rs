@@ -17,9 +17,16 @@ pub(crate) struct Buffer {
     available_data: usize,
 }
 
+// fanout-bridge patch: a checkpoint records the amount of data too, so a
+// rollback is exact. Computed from `end` alone, a rollback after a partial
+// write that filled an empty buffer all the way round (`end` back where it
+// was) did nothing, and the cut frame was then sent: the broker closed the
+// connection (invalid_frame_end_marker). With lapin's former 4 MiB buffers
+// only a header frame over 4 MiB hit it; with buffers sized to the traffic
+// (io_loop.rs), any frame bigger than the buffer did.
 pub(crate) struct Checkpoint {
     end: usize,
-    backwards: bool,
+    available_data: usize,
 }
 
 impl Buffer {
@@ -42,26 +49,17 @@ impl Buffer {
     pub(crate) fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
             end: self.end,
-            backwards: true,
+            available_data: self.available_data,
         }
     }
 
+    // Only `fill` and writes move `end` and `available_data` between a
+    // checkpoint and its rollback (both on the I/O loop's thread; `consume`
+    // runs before or after a whole serialisation), so restoring both is exact
+    // in either direction.
     pub(crate) fn rollback(&mut self, checkpoint: Checkpoint) {
-        if checkpoint.end == self.end {
-            return;
-        }
-        if checkpoint.backwards {
-            if self.end > checkpoint.end {
-                self.available_data -= self.end - checkpoint.end;
-            } else {
-                self.available_data -= self.end + (self.capacity - checkpoint.end);
-            }
-        } else if self.end > checkpoint.end {
-            self.available_data += (self.capacity - self.end) + checkpoint.end;
-        } else {
-            self.available_data += checkpoint.end - self.end;
-        }
         self.end = checkpoint.end;
+        self.available_data = checkpoint.available_data;
     }
 
     pub(crate) fn grow(&mut self, new_size: usize) -> bool {
@@ -81,7 +79,9 @@ impl Buffer {
             let (old, new) = self.memory.split_at_mut(old_capacity);
             if self.end < growth {
                 // There is enough room in the new end for this whole "tail".
-                new.copy_from_slice(&old[..self.end]);
+                // (fanout-bridge patch: `new` was used whole, so this panicked
+                // on any tail shorter than the growth.)
+                new[..self.end].copy_from_slice(&old[..self.end]);
                 self.end += old_capacity;
             } else {
                 // Fill the new end with as much data as we can.
@@ -95,6 +95,10 @@ impl Buffer {
         }
 
         true
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub(crate) fn available_data(&self) -> usize {
@@ -230,8 +234,7 @@ impl BackToTheBuffer for &mut Buffer {
         let start = s.write.checkpoint();
         s.write.fill(reserved);
         generator(s).and_then(|(s, tmp)| {
-            let mut end = s.write.checkpoint();
-            end.backwards = false;
+            let end = s.write.checkpoint();
             s.write.rollback(start);
             #[allow(clippy::manual_inspect)]
             before(s, tmp).map(|s| {
@@ -239,5 +242,82 @@ impl BackToTheBuffer for &mut Buffer {
                 s
             })
         })
+    }
+}
+
+// fanout-bridge patch: tests of the exact rollback.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn contents(buffer: &Buffer) -> Vec<u8> {
+        (0..buffer.available_data)
+            .map(|i| buffer.memory[(buffer.position + i) % buffer.capacity])
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_write_that_fills_an_empty_buffer_rolls_back_to_empty() {
+        let mut buffer = Buffer::with_capacity(8);
+        // Move the ends to the middle, then empty it.
+        (&mut buffer).write_all(b"abc").unwrap();
+        buffer.consume(3);
+        let checkpoint = buffer.checkpoint();
+        let written = (&mut buffer).write(b"0123456789").unwrap();
+        assert_eq!(written, 8);
+        assert_eq!(buffer.available_space(), 0);
+        buffer.rollback(checkpoint);
+        assert_eq!(buffer.available_data(), 0);
+        assert_eq!(buffer.available_space(), 8);
+    }
+
+    #[test]
+    fn a_partial_write_that_fills_a_wrapped_buffer_rolls_back_to_what_it_held() {
+        let mut buffer = Buffer::with_capacity(8);
+        (&mut buffer).write_all(b"abcdef").unwrap();
+        buffer.consume(4);
+        let checkpoint = buffer.checkpoint();
+        (&mut buffer).write(b"0123456789").unwrap();
+        assert_eq!(buffer.available_space(), 0);
+        buffer.rollback(checkpoint);
+        assert_eq!(buffer.available_data(), 2);
+        assert_eq!(contents(&buffer), b"ef");
+    }
+
+    #[test]
+    fn a_rollback_forward_restores_what_was_written_after_the_checkpoint() {
+        let mut buffer = Buffer::with_capacity(8);
+        let start = buffer.checkpoint();
+        buffer.fill(2);
+        (&mut buffer).write_all(b"xyz").unwrap();
+        let end = buffer.checkpoint();
+        buffer.rollback(start);
+        (&mut buffer).write_all(b"LN").unwrap();
+        buffer.rollback(end);
+        assert_eq!(contents(&buffer), b"LNxyz");
+    }
+
+    #[test]
+    fn growing_a_buffer_whose_tail_wrapped_a_little_keeps_its_data_in_order() {
+        let mut buffer = Buffer::with_capacity(8);
+        (&mut buffer).write_all(b"abcdef").unwrap();
+        buffer.consume(5);
+        (&mut buffer).write_all(b"ghijk").unwrap();
+        assert!(buffer.grow(16));
+        assert_eq!(buffer.capacity(), 16);
+        assert_eq!(contents(&buffer), b"fghijk");
+    }
+
+    #[test]
+    fn growing_a_buffer_whose_tail_wrapped_past_the_growth_keeps_its_data_in_order() {
+        let mut buffer = Buffer::with_capacity(8);
+        (&mut buffer).write_all(b"abcdefg").unwrap();
+        buffer.consume(7);
+        (&mut buffer).write_all(b"hijklmn").unwrap();
+        assert!(buffer.grow(10));
+        assert_eq!(contents(&buffer), b"hijklmn");
+        (&mut buffer).write_all(b"opq").unwrap();
+        assert_eq!(contents(&buffer), b"hijklmnopq");
     }
 }

@@ -28,7 +28,37 @@ use std::{
 };
 use tracing::{Level, debug, error, trace};
 
+// fanout-bridge patch: lapin kept FRAMES_STORAGE frames of the *negotiated*
+// size in each of its two ring buffers from the start: 4 MiB a buffer, 16 MiB
+// for a worker's two connections at RabbitMQ's 128 KiB frame_max, nearly all
+// of it resident once the ring has wrapped, for traffic whose frames are a
+// few hundred bytes. The buffers now start at INITIAL_FRAMES negotiated
+// frames (never less than FRAMES_STORAGE minimum-size frames, lapin's room
+// before tuning) and double only when a frame does not fit, up to the old
+// FRAMES_STORAGE negotiated frames, so what could be sent or received before
+// still can.
 const FRAMES_STORAGE: usize = 32;
+const INITIAL_FRAMES: usize = 2;
+
+fn initial_capacity(frame_size: FrameSize) -> usize {
+    std::cmp::max(
+        FRAMES_STORAGE * protocol::constants::FRAME_MIN_SIZE as usize,
+        INITIAL_FRAMES * frame_size as usize,
+    )
+}
+
+fn max_capacity(frame_size: FrameSize) -> usize {
+    std::cmp::max(
+        initial_capacity(frame_size),
+        FRAMES_STORAGE * frame_size as usize,
+    )
+}
+
+/// Doubles `buffer` (up to `max_capacity`); false if it is already there.
+fn grow_to_fit(buffer: &mut Buffer, frame_size: FrameSize) -> bool {
+    let target = std::cmp::min(buffer.capacity() * 2, max_capacity(frame_size));
+    buffer.grow(target)
+}
 
 #[derive(Debug, PartialEq)]
 enum Status {
@@ -108,8 +138,8 @@ impl<
             global_backoff,
             status: Status::Initial,
             frame_size,
-            receive_buffer: Buffer::with_capacity(FRAMES_STORAGE * frame_size as usize),
-            send_buffer: Buffer::with_capacity(FRAMES_STORAGE * frame_size as usize),
+            receive_buffer: Buffer::with_capacity(initial_capacity(frame_size)),
+            send_buffer: Buffer::with_capacity(initial_capacity(frame_size)),
             serialized_frames: VecDeque::default(),
             half_closed: false,
             first_connection: true,
@@ -128,9 +158,9 @@ impl<
             let frame_max = self.configuration.frame_max();
             self.frame_size = std::cmp::max(self.frame_size, frame_max);
             self.receive_buffer
-                .grow(FRAMES_STORAGE * self.frame_size as usize);
+                .grow(initial_capacity(self.frame_size));
             self.send_buffer
-                .grow(FRAMES_STORAGE * self.frame_size as usize);
+                .grow(initial_capacity(self.frame_size));
             let heartbeat = self.configuration.heartbeat();
             if heartbeat != 0 {
                 let heartbeat = Duration::from_millis(u64::from(heartbeat) * 500); // * 1000 (ms) / 2 (half the negotiated timeout)
@@ -581,6 +611,13 @@ impl<
                         GenError::BufferTooSmall(_) => {
                             // Requeue msg
                             self.frames.retry(next_msg);
+                            // An empty buffer too small for this frame would
+                            // never take it: grow it (fanout-bridge patch).
+                            if self.send_buffer.available_data() == 0
+                                && grow_to_fit(&mut self.send_buffer, self.frame_size)
+                            {
+                                continue;
+                            }
                             break;
                         }
                         e => {
@@ -635,6 +672,10 @@ impl<
                 if !e.is_incomplete() {
                     error!(error=?e, "parse error");
                     self.critical_error(connection_killswitch, ErrorKind::ParsingError(e).into())?;
+                } else if self.receive_buffer.available_space() == 0 {
+                    // A full buffer holding part of one frame would never
+                    // complete it: grow it (fanout-bridge patch).
+                    grow_to_fit(&mut self.receive_buffer, self.frame_size);
                 }
                 Ok(None)
             }
