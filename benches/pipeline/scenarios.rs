@@ -100,9 +100,10 @@ pub struct Run {
     /// Mean of `bridge_messages_in_flight` while the queue still had work
     /// (the first 90 % of the messages).
     pub in_flight: Option<f64>,
-    /// TCP connections opened on the machine over the window, the
-    /// benchmark's own `/metrics` polls excluded.
-    pub tcp_opens: u64,
+    /// TCP connections opened on the machine after the first fifth of the
+    /// messages (the HTTP pool's warm-up), the benchmark's own `/metrics`
+    /// polls excluded, and the messages settled meanwhile.
+    pub tcp_opens: (u64, u64),
     /// OTel scenario: what the OTLP receiver got from start to exit.
     pub otlp: Option<OtlpCount>,
     /// OTel scenario: `bridge_otel_spans_dropped_total` at the last poll.

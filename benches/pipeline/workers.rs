@@ -181,7 +181,10 @@ pub fn worker_run(
         };
         let t0 = Instant::now();
         let s0 = probe.read();
-        let opens0 = tcp_active_opens();
+        // Connections are counted after the first fifth of the messages: the
+        // HTTP pool opens one per concurrent request while it warms up (up to
+        // prefetch × targets), which is not churn.
+        let mut warm: Option<(u64, u64, u64)> = None; // (opens, polls, settled)
         let mut polls = 0u64;
         let (mut in_flight_sum, mut in_flight_samples) = (0.0, 0u32);
         let (mut last, mut last_change) = (0u64, Instant::now());
@@ -193,6 +196,9 @@ pub fn worker_run(
                 _ => String::new(),
             };
             let settled = metric(&text, "acked") + metric(&text, "dead_lettered");
+            if warm.is_none() && settled * 5 >= n as u64 {
+                warm = Some((tcp_active_opens(), polls, settled));
+            }
             if settled * 10 < n as u64 * 9 {
                 if let Some(v) = gauge(&text, "bridge_messages_in_flight") {
                     in_flight_sum += v;
@@ -202,7 +208,12 @@ pub fn worker_run(
             if settled >= n as u64 {
                 let seconds = t0.elapsed().as_secs_f64();
                 let split = probe.read() - s0;
-                let tcp_opens = tcp_active_opens().saturating_sub(opens0 + polls);
+                let (opens0, polls0, settled0) =
+                    warm.unwrap_or((tcp_active_opens(), polls, settled));
+                let tcp_opens = (
+                    tcp_active_opens().saturating_sub(opens0 + (polls - polls0)),
+                    settled.saturating_sub(settled0),
+                );
                 let dead = metric(&text, "dead_lettered");
                 if dead > 0 {
                     return Err(format!(
