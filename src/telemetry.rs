@@ -50,7 +50,10 @@ pub fn init_with(format: LogFormat, default: &str, extra: Option<crate::otel::Ot
             lines
                 .json()
                 .flatten_event(true)
+                // The current span (the message's id) is context enough; the
+                // span list repeated it on every line.
                 .with_current_span(true)
+                .with_span_list(false)
                 .with_filter(filter),
         ),
     };
