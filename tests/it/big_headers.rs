@@ -10,12 +10,16 @@
 use std::time::Duration;
 
 use fanout_bridge::metrics::Outcome;
-use lapin::{
-    options::{BasicPublishOptions, ConfirmSelectOptions},
-    BasicProperties, Connection, ConnectionProperties,
-};
+use lapin::{options::BasicPublishOptions, BasicProperties};
 
 use crate::helpers::*;
+
+/// A message's properties: its id and one `x-baggage` header.
+fn with_baggage(id: &str, baggage: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_message_id(id.into())
+        .with_headers(headers(&[("x-baggage", baggage)]))
+}
 
 #[tokio::test]
 async fn a_message_with_20_kib_of_headers_is_acked_and_its_dlq_copy_stored() {
@@ -23,11 +27,7 @@ async fn a_message_with_20_kib_of_headers_is_acked_and_its_dlq_copy_stored() {
     let (user, log) = (FakeApi::start().await, FakeApi::start().await);
     let worker = Worker::start(&broker, fast_settings(&user, &log)).await;
     let baggage = "b".repeat(20 * 1024);
-    let props = |id: &str| {
-        BasicProperties::default()
-            .with_message_id(id.into())
-            .with_headers(headers(&[("x-baggage", &baggage)]))
-    };
+    let props = |id: &str| with_baggage(id, &baggage);
 
     broker.publish(b"{\"n\":1}", props("big-1")).await;
     worker.wait_settled(1).await;
@@ -75,11 +75,7 @@ async fn messages_far_bigger_than_the_buffers_pass_whole_both_ways() {
             .collect();
         format!("{{\"n\":{n},\"filler\":\"{filler}\"}}").into_bytes()
     };
-    let props = |id: &str| {
-        BasicProperties::default()
-            .with_message_id(id.into())
-            .with_headers(headers(&[("x-baggage", &baggage)]))
-    };
+    let props = |id: &str| with_baggage(id, &baggage);
 
     for n in 1..=3 {
         broker.publish(&body(n), props(&format!("huge-{n}"))).await;
@@ -118,20 +114,14 @@ async fn messages_far_bigger_than_the_buffers_pass_whole_both_ways() {
 /// lapin sent the cut frame (`invalid_frame_end_marker`).
 #[tokio::test]
 async fn a_header_frame_bigger_than_the_send_buffer_goes_out_whole() {
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let broker = Broker::new("hugeframe").await;
     let baggage = "x".repeat(300 * 1024);
     let publish = async {
-        channel
+        broker
+            .channel
             .basic_publish(
                 "".into(),
-                unique("hugeframe").as_str().into(),
+                broker.queue.as_str().into(),
                 BasicPublishOptions::default(),
                 b"{}",
                 BasicProperties::default().with_headers(headers(&[("x-baggage", &baggage)])),

@@ -47,11 +47,10 @@ fn initial_capacity(frame_size: FrameSize) -> usize {
     )
 }
 
+// `frame_size` is never below FRAME_MIN_SIZE, so this is never below
+// `initial_capacity`.
 fn max_capacity(frame_size: FrameSize) -> usize {
-    std::cmp::max(
-        initial_capacity(frame_size),
-        FRAMES_STORAGE * frame_size as usize,
-    )
+    FRAMES_STORAGE * frame_size as usize
 }
 
 /// Doubles `buffer` (up to `max_capacity`); false if it is already there.
