@@ -2,6 +2,8 @@
 //! chosen by the command: `info` for the worker, quieter for the tools); and,
 //! when configured, the OpenTelemetry layer ([`crate::otel`]).
 
+mod json;
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
@@ -46,14 +48,12 @@ pub fn init_with(format: LogFormat, default: &str, extra: Option<crate::otel::Ot
     ));
     let lines: crate::otel::OtelLayer = match format {
         LogFormat::Text => Box::new(lines.with_filter(filter)),
+        // tracing-subscriber's JSON (flattened, with the current span: the
+        // message's id), written by a leaner formatter (json.rs).
         LogFormat::Json => Box::new(
             lines
-                .json()
-                .flatten_event(true)
-                // The current span (the message's id) is context enough; the
-                // span list repeated it on every line.
-                .with_current_span(true)
-                .with_span_list(false)
+                .event_format(json::JsonLine)
+                .fmt_fields(json::JsonSpanFields)
                 .with_filter(filter),
         ),
     };
