@@ -4,7 +4,7 @@
 //!
 //! The files are read and checked once, at start, before anything connects:
 //! [`load`] turns three optional paths into a validated [`TlsSettings`], which
-//! then configures the reqwest client ([`TlsSettings::apply`]) and the lapin
+//! then configures the HTTP client ([`TlsSettings::http`]) and the lapin
 //! connection ([`TlsSettings::amqp`]). Both start from the platform's roots
 //! (rustls-native-certs), not from a bundled copy, so a CA installed on the
 //! host works with no setting.
@@ -28,7 +28,7 @@ pub struct TlsSettings {
 #[derive(Default)]
 struct Material {
     /// The extra trust anchors: the PEM text of `BRIDGE_CA_FILE` (lapin wants
-    /// PEM text) and the parsed certificates (for reqwest).
+    /// PEM text) and the parsed certificates (for the HTTP client).
     ca_pem: Option<String>,
     ca_certs: Vec<CertificateDer<'static>>,
     identity: Option<ClientIdentity>,
@@ -149,32 +149,40 @@ impl TlsSettings {
         self.inner.is_none()
     }
 
-    /// Adds the extra CAs and the client certificate to an HTTP client
-    /// builder. The platform's roots stay trusted (reqwest's
-    /// `rustls-tls-native-roots`).
+    /// The TLS configuration of the HTTPS APIs: the platform's roots plus the
+    /// extra CAs, the client certificate when set. The connector sets ALPN
+    /// (HTTP/2 and HTTP/1.1; the server picks).
     ///
     /// # Errors
-    /// When reqwest refuses material that [`load`] accepted (not expected).
-    pub fn apply(
-        &self,
-        mut builder: reqwest::ClientBuilder,
-    ) -> anyhow::Result<reqwest::ClientBuilder> {
-        let Some(m) = self.inner.as_deref() else {
-            return Ok(builder);
+    /// When rustls refuses material that [`load`] accepted (not expected).
+    pub fn http(&self) -> anyhow::Result<rustls::ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        // Platform stores often hold a few certificates rustls cannot parse
+        // (ancient roots without extensions): skipped, as browsers do.
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        let m = self.inner.as_deref();
+        for cert in m.map(|m| m.ca_certs.as_slice()).unwrap_or_default() {
+            roots.add(cert.clone())?;
+        }
+        let builder =
+            rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots);
+        let config = match m.and_then(|m| m.identity.as_ref()) {
+            None => builder.with_no_client_auth(),
+            Some(id) => {
+                let certs = certificates(&id.cert_pem).map_err(anyhow::Error::msg)?;
+                // The parser's own error could quote part of the key.
+                let key = PrivateKeyDer::from_pem_slice(&id.key_pem)
+                    .map_err(|_| anyhow::anyhow!("{KEY_FILE}: not usable by the HTTP client"))?;
+                builder.with_client_auth_cert(certs, key).map_err(|_| {
+                    anyhow::anyhow!("{CERT_FILE}/{KEY_FILE}: not usable by the HTTP client")
+                })?
+            }
         };
-        for cert in &m.ca_certs {
-            builder = builder.add_root_certificate(reqwest::Certificate::from_der(cert)?);
-        }
-        if let Some(id) = &m.identity {
-            let mut pem = id.cert_pem.clone();
-            pem.push(b'\n');
-            pem.extend_from_slice(&id.key_pem);
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|_| {
-                anyhow::anyhow!("{CERT_FILE}/{KEY_FILE}: not usable by the HTTP client")
-            })?;
-            builder = builder.identity(identity);
-        }
-        Ok(builder)
+        Ok(config)
     }
 
     /// The TLS configuration of an `amqps://` connection (ignored by lapin for

@@ -9,10 +9,11 @@ mod transport;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use reqwest::{
-    header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER},
-    Method,
+use http::{
+    header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER, USER_AGENT},
+    Method, Uri,
 };
+use http_body_util::Full;
 use tracing::warn;
 
 use crate::{
@@ -23,7 +24,7 @@ use crate::{
 };
 use rate_limit::RateLimiter;
 pub use requests::{Requests, UnsendableId};
-use transport::{describe, discard_body, error_type, scrub};
+use transport::{describe, discard_body, error_type, scrub, timed_out, PoolSettings, Transport};
 
 /// Longest wait between two attempts, whatever the doubling reaches.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -44,7 +45,10 @@ pub const SUCCESS_BODY_CAP: usize = 64 * 1024;
 /// One target, with everything its requests need built once at startup.
 pub struct Endpoint {
     name: TargetName,
-    url: reqwest::Url,
+    /// Without credentials (they are in `authorization`).
+    url: url::Url,
+    /// `url` as the request's URI.
+    uri: Uri,
     /// `Bearer …`, marked sensitive so hyper never prints it.
     authorization: Option<HeaderValue>,
     body: BodyShape,
@@ -80,7 +84,7 @@ pub struct CallReport {
 /// One per process: its connection pool serves every delivery task.
 #[derive(Debug)]
 pub struct ApiClient {
-    client: reqwest::Client,
+    transport: Transport,
     /// In the configured order.
     endpoints: Vec<Endpoint>,
     /// Whether any target takes the envelope, so it is built only then.
@@ -98,31 +102,41 @@ pub struct ApiClient {
 pub struct BadTarget(String);
 
 impl Endpoint {
-    fn new(
-        target: &TargetConfig,
-        client: &reqwest::Client,
-        metrics: &Metrics,
-    ) -> Result<Endpoint, BadTarget> {
+    fn new(target: &TargetConfig, metrics: &Metrics) -> Result<Endpoint, BadTarget> {
         let bad = || BadTarget(target.name.to_string());
-        // reqwest moves URL credentials into a basic-auth header on every
-        // request; doing it once here leaves each attempt a clean URL and a
-        // ready header.
-        let prepared = client.post(target.url.clone()).build().map_err(|_| bad())?;
-        let authorization = match &target.token {
-            Some(t) => {
-                let mut v =
-                    HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(|_| bad())?;
+        // URL credentials become a basic-auth header once, here (a token
+        // wins over them), leaving each attempt a clean URL and a ready header.
+        let mut url = target.url.clone();
+        let credentials = url_credentials(&mut url);
+        let authorization = match (&target.token, credentials) {
+            (Some(t), _) => Some(format!("Bearer {}", t.expose())),
+            (None, Some((user, password))) => {
+                use base64::Engine as _;
+                let pair = format!("{user}:{}", password.unwrap_or_default());
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ))
+            }
+            (None, None) => None,
+        };
+        let authorization = match authorization {
+            Some(v) => {
+                let mut v = HeaderValue::from_str(&v).map_err(|_| bad())?;
+                // hyper never prints a sensitive value.
                 v.set_sensitive(true);
                 Some(v)
             }
-            None => prepared.headers().get(AUTHORIZATION).cloned().map(|mut v| {
-                v.set_sensitive(true);
-                v
-            }),
+            None => None,
         };
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad());
+        }
+        let uri: Uri = url.as_str().parse().map_err(|_| bad())?;
         Ok(Endpoint {
             name: target.name.clone(),
-            url: prepared.url().clone(),
+            url,
+            uri,
             authorization,
             body: target.body,
             limiter: target.rate_limit.map(RateLimiter::per_second),
@@ -131,39 +145,56 @@ impl Endpoint {
     }
 }
 
+/// Takes the user and password out of `url`, percent-decoded (what a client
+/// sends as basic auth for `http://user:password@host/`).
+fn url_credentials(url: &mut url::Url) -> Option<(String, Option<String>)> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .ok()
+            .map(|s| s.into_owned())
+    };
+    let user = decode(url.username())?;
+    let password = url.password().and_then(decode);
+    if user.is_empty() && password.is_none() {
+        return None;
+    }
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    Some((user, password))
+}
+
+/// What every request carries besides the message's headers.
+static USER_AGENT_VALUE: HeaderValue =
+    HeaderValue::from_static(concat!("fanout-bridge/", env!("CARGO_PKG_VERSION")));
+static ACCEPT_ANY: HeaderValue = HeaderValue::from_static("*/*");
+
 impl ApiClient {
     /// # Errors
     /// When the TLS backend cannot be initialised or a token is not a valid
     /// header value.
     pub fn new(cfg: &WorkerConfig, metrics: &Metrics) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            // A redirect turns the POST into a bodiless GET elsewhere; its
-            // 200 would ack a message the API never received. A 3xx is a
-            // permanent failure instead (classify_status).
-            .redirect(reqwest::redirect::Policy::none())
+        let pool = PoolSettings {
             // Targets may share a host, each with up to `prefetch` requests
             // in flight: a smaller idle pool closes and reopens connections
             // under load (BENCHMARK.md: 475 → 2 new connections per 1,000
             // messages).
-            .pool_max_idle_per_host(
-                usize::from(cfg.prefetch)
-                    .saturating_mul(cfg.targets.len().max(2))
-                    .max(16),
-            )
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .connect_timeout(cfg.http_timeout)
-            .tcp_nodelay(true)
-            .user_agent(concat!("fanout-bridge/", env!("CARGO_PKG_VERSION")));
+            max_idle_per_host: usize::from(cfg.prefetch)
+                .saturating_mul(cfg.targets.len().max(2))
+                .max(16),
+            idle_timeout: POOL_IDLE_TIMEOUT,
+            connect_timeout: cfg.http_timeout,
+        };
         // TLS: the platform's roots, plus BRIDGE_CA_FILE and the client
         // certificate (src/tls.rs).
-        let client = cfg.broker.tls.apply(client)?.build()?;
+        let transport = Transport::new(cfg.broker.tls.http()?, &pool);
         let endpoints = cfg
             .targets
             .iter()
-            .map(|t| Endpoint::new(t, &client, metrics))
+            .map(|t| Endpoint::new(t, metrics))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ApiClient {
-            client,
+            transport,
             needs_envelope: endpoints.iter().any(|e| e.body == BodyShape::Envelope),
             endpoints,
             max_attempts: cfg.max_attempts.get(),
@@ -250,8 +281,12 @@ impl ApiClient {
         }
     }
 
-    /// One HTTP attempt. On failure: its kind, a short description, and the
-    /// wait a `Retry-After` header asked for.
+    /// One HTTP attempt, bounded by the timeout from connecting to the end
+    /// of the response body. A redirect is never followed: a 3xx is a
+    /// permanent failure (classify_status), since following one would turn
+    /// the POST into a bodiless GET elsewhere whose 200 would ack a message
+    /// the API never received. On failure: its kind, a short description,
+    /// and the wait a `Retry-After` header asked for.
     async fn attempt(
         &self,
         endpoint: &Endpoint,
@@ -259,50 +294,61 @@ impl ApiClient {
         body: &Bytes,
         span: &tracing::Span,
     ) -> Result<(), (FailureKind, String, Option<Duration>)> {
-        // The request is assembled directly: the message's headers (shared
-        // by every target) plus the target's ready-made URL and
-        // Authorization, without a builder re-inserting them one by one.
-        let mut request = reqwest::Request::new(Method::POST, endpoint.url.clone());
+        // The message's headers (shared by every target) plus the target's
+        // ready-made URI and Authorization.
+        let mut request = http::Request::new(Full::new(body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = endpoint.uri.clone();
         let request_headers = request.headers_mut();
         request_headers.clone_from(headers);
+        request_headers.insert(USER_AGENT, USER_AGENT_VALUE.clone());
+        request_headers.insert(ACCEPT, ACCEPT_ANY.clone());
         if let Some(auth) = &endpoint.authorization {
             request_headers.insert(AUTHORIZATION, auth.clone());
         }
         // With OpenTelemetry on, the API gets the attempt's span as its parent
         // instead of the message's traceparent.
         crate::otel::inject(span, request_headers);
-        *request.body_mut() = Some(body.clone().into());
-        *request.timeout_mut() = Some(self.timeout);
-        let transport = |e: reqwest::Error| {
-            let text = scrub(describe(&e, self.timeout), &endpoint.url);
-            crate::otel::record_error(span, error_type(&e), &text);
-            (FailureKind::Transient, text, None)
+        let exchange = async {
+            let transport = |e: hyper_util::client::legacy::Error| {
+                let text = scrub(describe(&e), &endpoint.url);
+                crate::otel::record_error(span, error_type(&e), &text);
+                (FailureKind::Transient, text, None)
+            };
+            let response = self.transport.send(request).await.map_err(transport)?;
+            let status = response.status().as_u16();
+            crate::otel::record_status(span, status);
+            let retry_after = if classify::honours_retry_after(status) {
+                response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| classify::parse_retry_after(v, SystemTime::now()))
+            } else {
+                None
+            };
+            let verdict = classify::classify_status(status);
+            let cap = if verdict.is_none() {
+                SUCCESS_BODY_CAP
+            } else {
+                ERROR_BODY_CAP
+            };
+            // The body's content is not used, and a broken body does not
+            // change the verdict; a response not read to its end closes its
+            // connection when dropped.
+            let _ = discard_body(&mut response.into_body(), cap).await;
+            match verdict {
+                None => Ok(()),
+                Some(kind) => Err((kind, format!("HTTP {status}"), retry_after)),
+            }
         };
-        let mut response = self.client.execute(request).await.map_err(transport)?;
-        let status = response.status().as_u16();
-        crate::otel::record_status(span, status);
-        let retry_after = if classify::honours_retry_after(status) {
-            response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| classify::parse_retry_after(v, SystemTime::now()))
-        } else {
-            None
-        };
-        let verdict = classify::classify_status(status);
-        let cap = if verdict.is_none() {
-            SUCCESS_BODY_CAP
-        } else {
-            ERROR_BODY_CAP
-        };
-        // The body's content is not used, and a broken body does not change
-        // the verdict; dropping a response not read to its end closes its
-        // connection.
-        let _ = discard_body(&mut response, cap).await;
-        match verdict {
-            None => Ok(()),
-            Some(kind) => Err((kind, format!("HTTP {status}"), retry_after)),
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => {
+                let text = timed_out(self.timeout);
+                crate::otel::record_error(span, "timeout", &text);
+                Err((FailureKind::Transient, text, None))
+            }
         }
     }
 }
@@ -312,6 +358,20 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use requests::test_message as message;
+
+    #[test]
+    fn url_credentials_are_taken_out_percent_decoded() {
+        let mut url = url::Url::parse("http://us%40er:p%3Ass@api.test:8080/x?q=1").unwrap();
+        assert_eq!(
+            url_credentials(&mut url),
+            Some(("us@er".to_owned(), Some("p:ss".to_owned())))
+        );
+        assert_eq!(url.as_str(), "http://api.test:8080/x?q=1");
+        let mut url = url::Url::parse("http://only@api.test/").unwrap();
+        assert_eq!(url_credentials(&mut url), Some(("only".to_owned(), None)));
+        let mut url = url::Url::parse("https://api.test/").unwrap();
+        assert_eq!(url_credentials(&mut url), None);
+    }
 
     #[tokio::test]
     async fn a_url_password_stays_out_of_the_error() {
@@ -338,6 +398,7 @@ mod tests {
         assert!(f.last_error.starts_with("connection failed"), "{f:?}");
         assert!(!format!("{f:?} {api:?}").contains("hunter2"), "{f:?}");
         assert_eq!(scrub("a hunter2 b".into(), &cfg.targets[0].url), "a *** b");
+        assert_eq!(api.endpoints()[0].uri, "http://127.0.0.1:1/x");
         let endpoint = &api.endpoints()[0];
         assert_eq!(endpoint.url.as_str(), "http://127.0.0.1:1/x");
         let auth = endpoint.authorization.as_ref().unwrap();

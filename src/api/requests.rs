@@ -2,7 +2,7 @@
 //! bodies in the shapes the targets take, built once per message.
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
 use crate::domain::{message::is_header_safe, BodyShape, InboundMessage};
 

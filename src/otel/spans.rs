@@ -2,12 +2,12 @@
 //! `traceparent`) and one span per API attempt, whose context the API
 //! receives as `traceparent`.
 
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::Status,
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -53,7 +53,7 @@ impl Extractor for Carrier<'_> {
 
 /// The span of one HTTP attempt (a child of the current, message, span), or
 /// a disabled span when OpenTelemetry is off.
-pub fn attempt_span(target: &str, url: &reqwest::Url, attempt: u32) -> Span {
+pub fn attempt_span(target: &str, url: &url::Url, attempt: u32) -> Span {
     if !enabled() {
         return Span::none();
     }
@@ -127,7 +127,7 @@ mod tests {
     #[test]
     fn off_costs_nothing_and_passes_traceparent_through() {
         assert!(!enabled());
-        let url = reqwest::Url::parse("http://u:p@127.0.0.1:1/x").unwrap();
+        let url = url::Url::parse("http://u:p@127.0.0.1:1/x").unwrap();
         let span = attempt_span("logging", &url, 1);
         assert!(span.is_disabled());
         let mut headers = HeaderMap::new();
