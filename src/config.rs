@@ -13,6 +13,7 @@
 //! the credentials of a URL.
 
 mod parse;
+pub mod proxy;
 pub mod table;
 mod targets;
 #[cfg(test)]
@@ -22,6 +23,7 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr, num::NonZeroU32, time::Du
 
 use lapin::uri::AMQPUri;
 pub use parse::{MAX_HTTP_TIMEOUT, MAX_PAUSE, MAX_RATE_LIMIT, MAX_RETRY_BACKOFF};
+pub use proxy::ProxyConfig;
 pub use table::DEFAULT_TARGETS;
 pub use targets::{redacted_url, TargetConfig};
 
@@ -49,10 +51,12 @@ macro_rules! all_ok {
 }
 use all_ok;
 
-/// The `BRIDGE_*` variables as strings, before validation.
+/// The `BRIDGE_*` variables as strings, before validation, and the proxy
+/// variables ([`proxy::VARIABLES`]).
 #[derive(Clone, Default)]
 pub struct RawConfig {
     vars: BTreeMap<String, String>,
+    proxy_vars: BTreeMap<String, String>,
 }
 
 impl fmt::Debug for RawConfig {
@@ -60,6 +64,7 @@ impl fmt::Debug for RawConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RawConfig")
             .field("variables", &self.vars.keys())
+            .field("proxy_variables", &self.proxy_vars.keys())
             .finish()
     }
 }
@@ -70,25 +75,34 @@ impl RawConfig {
         Self::from_vars(std::env::vars())
     }
 
-    /// Reads `BRIDGE_*` from any list of pairs (tests never touch the process
-    /// environment). A later pair overrides an earlier one, as in a shell.
+    /// Reads `BRIDGE_*` and the proxy variables from any list of pairs
+    /// (tests never touch the process environment). A later pair overrides
+    /// an earlier one, as in a shell.
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Self {
-        let vars = vars
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(PREFIX))
-            .collect();
-        RawConfig { vars }
+        let mut raw = RawConfig::default();
+        for (k, v) in vars {
+            if k.starts_with(PREFIX) {
+                raw.vars.insert(k, v);
+            } else if proxy::VARIABLES.contains(&k.as_str()) {
+                raw.proxy_vars.insert(k, v);
+            }
+        }
+        raw
     }
 
     /// The same settings with the two default targets at other URLs (the
     /// `demo` points the worker at its stand-ins); other target settings are
-    /// dropped, since the demo has exactly those two.
+    /// dropped, since the demo has exactly those two. No proxy: the
+    /// stand-ins are on this machine.
     pub fn with_api_urls(&self, user: String, log: String) -> RawConfig {
         let mut vars = self.vars.clone();
         vars.retain(|k, _| k != table::TARGETS.name && !targets::is_target_variable(k));
         vars.insert(format!("{PREFIX}USER_API_URL"), user);
         vars.insert(format!("{PREFIX}LOG_API_URL"), log);
-        RawConfig { vars }
+        RawConfig {
+            vars,
+            proxy_vars: BTreeMap::new(),
+        }
     }
 
     /// The trimmed value of `variable`; empty counts as unset (`BRIDGE_X=` in
@@ -225,6 +239,8 @@ pub struct WorkerConfig {
     pub log_event: String,
     pub metrics_addr: SocketAddr,
     pub shutdown_grace: Duration,
+    /// `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`.
+    pub proxy: ProxyConfig,
 }
 
 impl RawConfig {
@@ -297,6 +313,7 @@ impl RawConfig {
         let shutdown_grace = SHUTDOWN_GRACE_MS.read(self);
         // Checked with the rest, though the logger was set up from it already.
         let _log_format = self.log_format();
+        let proxy = ProxyConfig::read(&self.proxy_vars);
         all_ok!(
             broker,
             targets,
@@ -310,6 +327,7 @@ impl RawConfig {
             metrics_addr,
             shutdown_grace,
             _log_format,
+            proxy,
         );
         Ok(WorkerConfig {
             broker,
@@ -323,6 +341,7 @@ impl RawConfig {
             log_event,
             metrics_addr,
             shutdown_grace,
+            proxy,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! contract prescribes, and the per-target retry loop.
 
 pub mod classify;
+mod proxy;
 pub mod rate_limit;
 pub mod requests;
 mod transport;
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{
-    header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER, USER_AGENT},
+    header::{
+        HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, PROXY_AUTHORIZATION, RETRY_AFTER, USER_AGENT,
+    },
     Method, Uri,
 };
 use http_body_util::Full;
@@ -51,6 +54,9 @@ pub struct Endpoint {
     uri: Uri,
     /// `Bearer …`, marked sensitive so hyper never prints it.
     authorization: Option<HeaderValue>,
+    /// The credentials of the forwarding proxy an `http://` target is
+    /// reached through, if it has some.
+    proxy_authorization: Option<HeaderValue>,
     body: BodyShape,
     limiter: Option<RateLimiter>,
     metrics: TargetMetrics,
@@ -102,7 +108,11 @@ pub struct ApiClient {
 pub struct BadTarget(String);
 
 impl Endpoint {
-    fn new(target: &TargetConfig, metrics: &Metrics) -> Result<Endpoint, BadTarget> {
+    fn new(
+        target: &TargetConfig,
+        proxies: &hyper_util::client::proxy::matcher::Matcher,
+        metrics: &Metrics,
+    ) -> Result<Endpoint, BadTarget> {
         let bad = || BadTarget(target.name.to_string());
         // URL credentials become a basic-auth header once, here (a token
         // wins over them), leaving each attempt a clean URL and a ready header.
@@ -136,6 +146,7 @@ impl Endpoint {
         Ok(Endpoint {
             name: target.name.clone(),
             url,
+            proxy_authorization: proxy::proxy_authorization(proxies, &uri),
             uri,
             authorization,
             body: target.body,
@@ -187,12 +198,13 @@ impl ApiClient {
         };
         // TLS: the platform's roots, plus BRIDGE_CA_FILE and the client
         // certificate (src/tls.rs).
-        let transport = Transport::new(cfg.broker.tls.http()?, &pool);
+        let proxies = cfg.proxy.matcher();
         let endpoints = cfg
             .targets
             .iter()
-            .map(|t| Endpoint::new(t, metrics))
+            .map(|t| Endpoint::new(t, &proxies, metrics))
             .collect::<Result<Vec<_>, _>>()?;
+        let transport = Transport::new(cfg.broker.tls.http()?, &pool, proxies);
         Ok(ApiClient {
             transport,
             needs_envelope: endpoints.iter().any(|e| e.body == BodyShape::Envelope),
@@ -305,6 +317,9 @@ impl ApiClient {
         request_headers.insert(ACCEPT, ACCEPT_ANY.clone());
         if let Some(auth) = &endpoint.authorization {
             request_headers.insert(AUTHORIZATION, auth.clone());
+        }
+        if let Some(auth) = &endpoint.proxy_authorization {
+            request_headers.insert(PROXY_AUTHORIZATION, auth.clone());
         }
         // With OpenTelemetry on, the API gets the attempt's span as its parent
         // instead of the message's traceparent.

@@ -1,7 +1,8 @@
 //! The HTTP client of the targets: hyper's pooled client over TCP, or TLS by
 //! rustls (the platform's roots, `BRIDGE_CA_FILE`, the client certificate),
-//! HTTP/1.1, or HTTP/2 when a TLS server chooses it. It follows no redirect
-//! and uses no proxy. What an attempt leaves besides its status: the
+//! HTTP/1.1, or HTTP/2 when a TLS server chooses it; through the proxy the
+//! environment names, if any (`proxy.rs`). It follows no redirect. What an
+//! attempt leaves besides its status: the
 //! response body, read only far enough to reuse the connection, and
 //! transport errors described without the URL's credentials.
 //!
@@ -17,14 +18,19 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
+    client::{
+        legacy::{connect::HttpConnector, Client},
+        proxy::matcher::Matcher,
+    },
     rt::{TokioExecutor, TokioTimer},
 };
+
+use super::proxy::Connector;
 
 /// A pooled HTTP/1.1 + HTTP/2 client for the targets' requests.
 #[derive(Clone, Debug)]
 pub(super) struct Transport {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<Connector>, Full<Bytes>>,
 }
 
 /// The pool and connection settings of [`Transport::new`].
@@ -39,7 +45,11 @@ pub(super) struct PoolSettings {
 const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 
 impl Transport {
-    pub(super) fn new(tls: rustls::ClientConfig, pool: &PoolSettings) -> Transport {
+    pub(super) fn new(
+        tls: rustls::ClientConfig,
+        pool: &PoolSettings,
+        proxies: Matcher,
+    ) -> Transport {
         let mut tcp = HttpConnector::new();
         // The TLS layer above takes `https://`.
         tcp.enforce_http(false);
@@ -51,7 +61,7 @@ impl Transport {
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(tcp);
+            .wrap_connector(Connector::new(tcp, proxies));
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(pool.max_idle_per_host)
             .pool_idle_timeout(pool.idle_timeout)

@@ -274,6 +274,31 @@ pub const OTEL_SETTINGS: &[Doc] = &[
     },
 ];
 
+/// The proxy variables the worker honours for the APIs (curl's; the lower-case
+/// spellings too, upper case winning).
+pub const PROXY_SETTINGS: &[Doc] = &[
+    Doc {
+        name: "HTTPS_PROXY",
+        default: WhenUnset::Unset,
+        help: "http://[user:password@]host:port of the proxy for https:// APIs (a CONNECT tunnel; TLS stays end to end).",
+    },
+    Doc {
+        name: "HTTP_PROXY",
+        default: WhenUnset::Unset,
+        help: "The same for http:// APIs (requests go to the proxy in absolute form).",
+    },
+    Doc {
+        name: "ALL_PROXY",
+        default: WhenUnset::Unset,
+        help: "The proxy for either, when its own variable is unset.",
+    },
+    Doc {
+        name: "NO_PROXY",
+        default: WhenUnset::Unset,
+        help: "Comma-separated hosts, domains (and their subdomains), IPs or CIDR ranges called directly; * for all.",
+    },
+];
+
 /// The settings part of `run --help`: every row with its default and meaning;
 /// neighbours that differ only in name (the two APIs' tokens) share an entry.
 pub fn help() -> String {
@@ -281,7 +306,10 @@ pub fn help() -> String {
     entries(&mut out, SETTINGS);
     out.push_str("\nOpenTelemetry (standard variables):\n");
     entries(&mut out, OTEL_SETTINGS);
-    out.push_str("  OTEL_SERVICE_NAME and the other OTEL_* variables apply as usual.\n\n");
+    out.push_str("  OTEL_SERVICE_NAME and the other OTEL_* variables apply as usual.\n");
+    out.push_str("\nProxies for the APIs (only http:// proxies):\n");
+    entries(&mut out, PROXY_SETTINGS);
+    out.push('\n');
     out.push_str("A missing or bad setting exits 2 with a message naming the variable.");
     out
 }
@@ -323,7 +351,7 @@ mod tests {
     #[test]
     fn help_shows_every_row_with_its_default() {
         let help = help();
-        for doc in SETTINGS.iter().chain(OTEL_SETTINGS) {
+        for doc in SETTINGS.iter().chain(OTEL_SETTINGS).chain(PROXY_SETTINGS) {
             let line = help
                 .lines()
                 .find(|l| l.starts_with("  ") && l.split([',', ' ']).any(|w| w == doc.name))

@@ -741,6 +741,85 @@ impl Drop for TcpProxy {
     }
 }
 
+// === HTTP proxy ===
+
+/// An HTTP proxy that only tunnels (`CONNECT`), as corporate proxies for
+/// HTTPS do; it records each request head it receives.
+pub struct ConnectProxy {
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    accept: tokio::task::AbortHandle,
+}
+
+impl ConnectProxy {
+    pub async fn start() -> ConnectProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let record = Arc::clone(&heads);
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let record = Arc::clone(&record);
+                tokio::spawn(async move {
+                    // The client sends nothing after the head until it has
+                    // the proxy's answer, so the head is all there is to read.
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                        match inbound.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    record.lock().unwrap().push(head.clone());
+                    let target = match head.split_whitespace().collect::<Vec<_>>()[..] {
+                        ["CONNECT", target, ..] => target.to_owned(),
+                        _ => {
+                            let _ = inbound
+                                .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                                .await;
+                            return;
+                        }
+                    };
+                    match tokio::net::TcpStream::connect(target).await {
+                        Ok(mut outbound) => {
+                            let _ = inbound
+                                .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                                .await;
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                        Err(_) => {
+                            let _ = inbound.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                        }
+                    }
+                });
+            }
+        });
+        ConnectProxy {
+            addr,
+            heads,
+            accept: accept.abort_handle(),
+        }
+    }
+
+    /// The request heads received so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ConnectProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
 // === Broker policies ===
 
 /// A `delivery-limit` policy on exactly the given queues, cleared on drop

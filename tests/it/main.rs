@@ -23,6 +23,7 @@ mod otel;
 mod panics;
 mod poison;
 mod process;
+mod proxy;
 mod publish_returns;
 mod quorum;
 mod rate_limit;

@@ -167,17 +167,17 @@ fn readme_settings() -> Vec<(String, String)> {
     rows
 }
 
-/// Every `BRIDGE_*` (and `OTEL_*`) row of the settings table that drives
+/// Every `BRIDGE_*` (and `OTEL_*`, proxy) row of the settings table that drives
 /// parsing and `run --help` is in the README's table with the same default,
 /// and the README lists no `BRIDGE_*` variable the table lacks.
 #[test]
 fn the_readme_settings_table_matches_the_settings_table() {
-    use fanout_bridge::config::table::{WhenUnset, OTEL_SETTINGS, SETTINGS};
+    use fanout_bridge::config::table::{WhenUnset, OTEL_SETTINGS, PROXY_SETTINGS, SETTINGS};
     let readme = readme_settings();
     let mut problems = Vec::new();
     // RUST_LOG has no row of its own in the README (BRIDGE_LOG_FORMAT's says it).
     let documented = SETTINGS.iter().filter(|d| d.name.starts_with("BRIDGE_"));
-    for doc in documented.chain(OTEL_SETTINGS) {
+    for doc in documented.chain(OTEL_SETTINGS).chain(PROXY_SETTINGS) {
         let Some((_, shown)) = readme.iter().find(|(name, _)| name == doc.name) else {
             problems.push(format!("{} is not in README.md's settings table", doc.name));
             continue;

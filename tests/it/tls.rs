@@ -266,8 +266,8 @@ fn amqps_url(terminator: &Terminator) -> String {
 struct HttpsApis {
     user: FakeApi,
     log: FakeApi,
-    _user_tls: Terminator,
-    _log_tls: Terminator,
+    user_tls: Terminator,
+    log_tls: Terminator,
     settings: Vec<(String, String)>,
 }
 
@@ -284,8 +284,8 @@ async fn https_apis(pki: &Pki, require_client_cert: bool) -> HttpsApis {
     HttpsApis {
         user,
         log,
-        _user_tls: user_tls,
-        _log_tls: log_tls,
+        user_tls,
+        log_tls,
         settings,
     }
 }
@@ -313,6 +313,45 @@ async fn https_api_with_a_private_ca_in_ca_file_is_acked() {
     assert_eq!(worker.count(Outcome::Acked), 3);
     assert_eq!(apis.user.count(), 3);
     assert_eq!(apis.log.count(), 3);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn https_apis_behind_https_proxy_are_reached_through_a_connect_tunnel() {
+    let pki = Pki::new("https-proxy");
+    let broker = Broker::new("tls.https.proxy").await;
+    let apis = https_apis(&pki, false).await;
+    let proxy = ConnectProxy::start().await;
+    let mut settings = apis.settings.clone();
+    settings.push(pki.ca_var());
+    settings.push((
+        "HTTPS_PROXY".into(),
+        format!("http://tunnel%20user:s3cret@{}", proxy.addr),
+    ));
+    let worker = Worker::start(&broker, settings).await;
+    broker
+        .publish(br#"{"via":"proxy"}"#, message("proxied-1"))
+        .await;
+    worker.wait_settled(1).await;
+    assert_eq!(worker.count(Outcome::Acked), 1);
+    assert_eq!((apis.user.count(), apis.log.count()), (1, 1));
+    // One tunnel per API, to the API's own address, with the proxy's
+    // credentials; TLS ran end to end through it (the APIs' CA is private).
+    let heads = proxy.heads();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    for tls in [&apis.user_tls, &apis.log_tls] {
+        let line = format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n", tls.addr.port());
+        let head = heads.iter().find(|h| h.starts_with(&line));
+        let head = head.unwrap_or_else(|| panic!("no {line:?} in {heads:?}"));
+        // base64("tunnel user:s3cret"): the URL's user, percent-decoded.
+        assert!(
+            head.lines().any(
+                |l| l.to_ascii_lowercase().starts_with("proxy-authorization:")
+                    && l.ends_with("Basic dHVubmVsIHVzZXI6czNjcmV0")
+            ),
+            "{head}"
+        );
+    }
     worker.stop().await;
 }
 
