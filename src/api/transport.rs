@@ -2,14 +2,15 @@
 //! rustls (the platform's roots, `BRIDGE_CA_FILE`, the client certificate),
 //! HTTP/1.1, or HTTP/2 when a TLS server chooses it; through the proxy the
 //! environment names, if any (`proxy.rs`). It follows no redirect. What an
-//! attempt leaves besides its status: the
-//! response body, read only far enough to reuse the connection, and
-//! transport errors described without the URL's credentials.
+//! attempt leaves besides its status: the response body, read only far
+//! enough to reuse the connection, and transport errors described without
+//! the URL's credentials.
 //!
-//! hyper directly rather than through reqwest: reqwest's layers (redirect
-//! policy parsing the URL of every request even with redirects off, retry
-//! clones, per-request client clones) were 6–8 % of the worker's CPU at the
-//! benchmark's rates, and none of what they offer is used here.
+//! hyper directly rather than through reqwest: reqwest's layers (a redirect
+//! policy that parses the URL of every request even with redirects off, a
+//! retry layer that clones every request, client clones per request) cost
+//! about 30 % of the worker's CPU per message (BENCHMARK.md), for nothing
+//! this worker uses.
 
 use std::time::Duration;
 
