@@ -2,7 +2,8 @@
 //! played by TLS terminators (tokio-rustls) in front of the plain fakes and the
 //! real broker. Trusted CA works, an unknown CA is a transient error that never
 //! acks, mutual TLS works with the client certificate and fails without it,
-//! and bad files stop `run` with exit 2 naming the variable.
+//! an API offering HTTP/2 gets HTTP/2, the `HTTPS_PROXY` tunnel, and bad files
+//! stop `run` with exit 2 naming the variable.
 
 use std::{
     net::SocketAddr,
@@ -352,6 +353,67 @@ async fn https_apis_behind_https_proxy_are_reached_through_a_connect_tunnel() {
             "{head}"
         );
     }
+    worker.stop().await;
+}
+
+/// An HTTPS API that speaks only HTTP/2 (ALPN `h2`), recording the version
+/// and path of each request.
+async fn start_http2_api(config: ServerConfig) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use hyper::{body::Incoming, service::service_fn, Request, Response};
+    let mut config = config;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, record) = (acceptor.clone(), Arc::clone(&record));
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let line = format!("{:?} {}", req.version(), req.uri().path());
+                    record.lock().unwrap().push(line);
+                    async {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"{}"),
+                        )))
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn an_https_api_offering_http2_is_called_over_http2() {
+    let pki = Pki::new("https-h2");
+    let broker = Broker::new("tls.https.h2").await;
+    let (addr, seen) = start_http2_api((*pki.server_config(false)).clone()).await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    let mut settings = fast_settings(&user, &log);
+    settings.retain(|(k, _)| !k.ends_with("_API_URL"));
+    settings.push((
+        "BRIDGE_USER_API_URL".into(),
+        format!("https://{addr}/users"),
+    ));
+    settings.push(("BRIDGE_LOG_API_URL".into(), format!("https://{addr}/logs")));
+    settings.push(pki.ca_var());
+    let worker = Worker::start(&broker, settings).await;
+    broker.publish(br#"{"h2":true}"#, message("h2-1")).await;
+    worker.wait_settled(1).await;
+    assert_eq!(worker.count(Outcome::Acked), 1);
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(seen, ["HTTP/2.0 /logs", "HTTP/2.0 /users"]);
     worker.stop().await;
 }
 
