@@ -55,37 +55,46 @@ async fn http_apis_behind_http_proxy_get_their_requests_through_it() {
     worker.stop().await;
 }
 
-#[tokio::test]
-async fn no_proxy_hosts_are_called_directly() {
-    let broker = Broker::new("proxy.bypass").await;
+/// A worker whose `HTTP_PROXY` refuses connections, with `extra` settings,
+/// after one message.
+async fn one_message_behind_a_dead_proxy(
+    name: &str,
+    extra: &[(&str, &str)],
+) -> (Broker, FakeApi, FakeApi, Worker) {
+    let broker = Broker::new(name).await;
     let (user, log) = (FakeApi::start().await, FakeApi::start().await);
     let mut settings = fast_settings(&user, &log);
-    // A proxy that refuses connections: only NO_PROXY lets the calls through.
-    settings.extend(vars(&[
-        ("HTTP_PROXY", &format!("http://127.0.0.1:{}", free_port())),
-        ("NO_PROXY", "example.test, 127.0.0.1"),
-        ("BRIDGE_MAX_ATTEMPTS", "1"),
-    ]));
+    settings.push((
+        "HTTP_PROXY".into(),
+        format!("http://127.0.0.1:{CLOSED_PORT}"),
+    ));
+    settings.extend(vars(extra));
     let worker = Worker::start(&broker, settings).await;
-    broker.publish(br#"{"a":1}"#, message("direct-1")).await;
+    broker.publish(br#"{"a":1}"#, message(name)).await;
     worker.wait_settled(1).await;
+    (broker, user, log, worker)
+}
+
+#[tokio::test]
+async fn no_proxy_hosts_are_called_directly() {
+    // Only NO_PROXY lets the calls through.
+    let (_broker, user, log, worker) = one_message_behind_a_dead_proxy(
+        "proxy.bypass",
+        &[
+            ("NO_PROXY", "example.test, 127.0.0.1"),
+            ("BRIDGE_MAX_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
     assert_eq!(worker.count(Outcome::Acked), 1);
     assert_eq!((user.count(), log.count()), (1, 1));
     worker.stop().await;
 }
 
 #[tokio::test]
-async fn a_proxy_that_refuses_is_a_transient_failure_and_the_message_is_kept() {
-    let broker = Broker::new("proxy.down").await;
-    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
-    let mut settings = fast_settings(&user, &log);
-    settings.extend(vars(&[
-        ("HTTP_PROXY", &format!("http://127.0.0.1:{}", free_port())),
-        ("BRIDGE_MAX_ATTEMPTS", "2"),
-    ]));
-    let worker = Worker::start(&broker, settings).await;
-    broker.publish(br#"{"a":1}"#, message("down-1")).await;
-    worker.wait_settled(1).await;
+async fn a_proxy_that_refuses_is_a_connection_failure_and_the_message_goes_to_the_dlq() {
+    let (broker, user, log, worker) =
+        one_message_behind_a_dead_proxy("proxy.down", &[("BRIDGE_MAX_ATTEMPTS", "2")]).await;
     assert_eq!(worker.count(Outcome::DeadLettered), 1);
     assert_eq!((user.count(), log.count()), (0, 0));
     let dead = broker.drain(&broker.dlq).await;
