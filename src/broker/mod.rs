@@ -3,8 +3,11 @@
 //! in [`crate::supervisor`].
 
 pub mod acks;
+pub mod confirm_batch;
+pub mod dlq_pass;
 pub mod fields;
 pub mod publisher;
+pub mod tool_session;
 pub mod topology;
 
 use std::time::Duration;

@@ -1,50 +1,33 @@
 //! `fanout-bridge dlq stats|peek|replay`: look at the dead-letter queue and
 //! move messages back.
 //!
-//! # Reading costs no delivery attempt
-//!
-//! A quorum queue counts every message that goes back to it unacked (a
-//! nack-requeue, a `basic.recover`, a closed channel) against its delivery
-//! limit and drops, or dead-letters, a message past it. So nothing here ever
-//! hands a message back on the success path: each message read is
-//! *rotated*. It is copied to the DLQ's tail (same body and properties,
-//! `mandatory`, confirmed), and only then is the original acked. The copy is
-//! a new message with a fresh count. A read of the whole DLQ is one full
-//! rotation and leaves the order as it was; a read of the first N moves them
-//! behind the others.
-//!
-//! Every pass reads at most the depth seen when it started: what workers
-//! dead-letter meanwhile, and our own copies, land behind that, so a pass
-//! always ends and never sees a message twice. When a copy is not confirmed
-//! (nacked, returned, timed out) the original is nack-requeued (the one case
-//! that spends an attempt, and the alternative would be losing it) and the
-//! pass stops with an error. Which copy came back is known for each message
-//! (see [`super::confirm_batch`]), so a message is removed only when its own
-//! copy is stored.
-//!
-//! The parts: `pass` reads and settles (rotation), `reasons` names why a
-//! message is there and counts them (`stats`), `peek` renders messages as
-//! JSON, `replay` moves them to the inbound queue.
+//! Every command is a decision plugged into one pass over the DLQ
+//! ([`crate::broker::dlq_pass`]), which never loses a message and hands none
+//! back on purpose. Here: the signals and the output pipe that tell a pass
+//! to stop, and the commands' own parts: `reasons` names why a message is
+//! there and counts them (`stats`), `peek` renders messages as JSON,
+//! `replay` moves them to the inbound queue.
+
+use std::io::Write as _;
 
 use anyhow::Context as _;
 
-use super::broker_session::Session;
 use crate::{
-    broker::{topology, BrokerError},
+    broker::{dlq_pass::Stop, tool_session::Session, topology, BrokerError},
     config::BrokerConfig,
 };
 
 /// Opens a session, runs `work`, closes the session whatever happened.
 macro_rules! in_session {
     ($broker:expr, $role:expr, |$session:ident| $work:expr) => {{
-        let $session = Session::open($broker, $role).await?;
+        #[allow(unused_mut)]
+        let mut $session = Session::open($broker, $role).await?;
         let result = $work.await;
         $session.close().await;
         result
     }};
 }
 
-mod pass;
 pub mod peek;
 pub mod reasons;
 pub mod replay;
@@ -52,6 +35,63 @@ pub mod replay;
 pub use peek::{describe, peek};
 pub use reasons::{collect_stats, reason_of, stats, Stats, DELIVERY_LIMIT, UNKNOWN};
 pub use replay::{replay, replay_messages, Chosen, ReplayReport, ReplayRequest};
+
+/// A stop for a pass, set by the first SIGINT or SIGTERM: the pass then
+/// settles what it holds and the command exits. (A second signal exits at
+/// once; what the pass held then goes back to the DLQ.)
+///
+/// # Errors
+/// When the signal handlers cannot be installed.
+pub fn stop_on_signals() -> anyhow::Result<Stop> {
+    let token = crate::shutdown::on_signal().context("installing the signal handlers")?;
+    Ok(Stop::following(token))
+}
+
+/// Standard output for a pass that prints as it reads: a closed pipe (`dlq
+/// peek | head`) stops the pass instead of failing the process.
+pub struct Output {
+    stop: Stop,
+    closed: bool,
+}
+
+impl Output {
+    pub fn new(stop: Stop) -> Output {
+        Output {
+            stop,
+            closed: false,
+        }
+    }
+
+    /// Writes one line; after a write error (the reader went away) writes
+    /// nothing more and stops the pass.
+    pub fn line(&mut self, line: &str) {
+        if self.closed {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            self.closed = true;
+            self.stop.stop();
+        }
+    }
+
+    /// True once a write failed: the reader is gone.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+}
+
+/// Prints a command's final lines; a reader that went away is not an error
+/// worth a message (the pass is already settled).
+pub fn print_lines(lines: &[String]) {
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        if writeln!(out, "{line}").is_err() {
+            return;
+        }
+    }
+    let _ = out.flush();
+}
 
 /// The DLQ's depth, or `None` when it does not exist (nothing to read; the
 /// broker has then closed the channel).
@@ -61,4 +101,12 @@ async fn dlq_depth(session: &Session, broker_cfg: &BrokerConfig) -> anyhow::Resu
         Err(BrokerError::QueueMissing(_)) => Ok(None),
         Err(e) => Err(anyhow::Error::from(e)).context("reading the DLQ's depth"),
     }
+}
+
+/// The error a command reports when a signal stopped its pass.
+fn interrupted(read: u32) -> anyhow::Error {
+    anyhow::anyhow!(
+        "interrupted after reading {read} messages; every message read was put back in the DLQ \
+         (nothing lost)"
+    )
 }

@@ -1,8 +1,6 @@
 //! The subcommands. Each returns the process exit code, or an error that
 //! `main` maps to one (2 for configuration, 1 otherwise).
 
-pub mod broker_session;
-pub mod confirm_batch;
 pub mod demo;
 pub mod demo_api;
 pub mod dlq;

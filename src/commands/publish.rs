@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use serde::Serialize;
 
-use super::{broker_session::Session, confirm_batch};
+use crate::broker::{confirm_batch, tool_session::Session};
 use crate::{
     broker::{fields::PERSISTENT, publisher::PublishError, topology},
     cli::OutputFormat,

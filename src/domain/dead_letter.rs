@@ -13,6 +13,9 @@ pub const DONE_TARGETS: &str = "x-bridge-done-targets";
 pub const ERROR: &str = "x-bridge-error";
 pub const ATTEMPTS: &str = "x-bridge-attempts";
 pub const DEAD_LETTERED_AT: &str = "x-bridge-dead-lettered-at";
+/// How many times `dlq replay` or `dlq import` sent the message back before;
+/// the worker keeps it on a new DLQ copy, so a repeated failure stands out.
+pub const REPLAYS: &str = "x-bridge-replays";
 
 /// Prefix shared by every header this program writes.
 pub const PREFIX: &str = "x-bridge-";

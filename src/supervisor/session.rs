@@ -19,7 +19,7 @@ use crate::{
 /// Bounds opening a session (connect, declare, QoS, publisher).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the worker waits for the confirm of a dead-letter or hold
-/// republish (the commands wait longer: `commands::broker_session`'s
+/// republish (the commands wait longer: `broker::tool_session`'s
 /// `CONFIRM_TIMEOUT`, 30 s).
 const WORKER_CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 

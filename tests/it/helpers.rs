@@ -830,6 +830,11 @@ pub struct DeliveryLimit {
 
 impl DeliveryLimit {
     pub fn set(queues: &[&str], limit: u32) -> DeliveryLimit {
+        DeliveryLimit::definition(queues, &format!("{{\"delivery-limit\":{limit}}}"))
+    }
+
+    /// A policy with any definition (JSON) on `queues`, cleared on drop.
+    pub fn definition(queues: &[&str], definition: &str) -> DeliveryLimit {
         let name = unique("policy");
         let alternatives: Vec<String> = queues.iter().map(|q| q.replace('.', "\\.")).collect();
         let pattern = format!("^({})$", alternatives.join("|"));
@@ -840,7 +845,7 @@ impl DeliveryLimit {
                 "/",
                 &name,
                 &pattern,
-                &format!("{{\"delivery-limit\":{limit}}}"),
+                definition,
                 "--apply-to",
                 "queues",
             ])

@@ -8,21 +8,20 @@ use lapin::{
 };
 use serde_json::{json, Map, Value};
 
-use super::{
-    dlq_depth,
-    pass::{pass, Fate, Reader},
-    reasons::reason_of,
-    Session,
+use super::{dlq_depth, interrupted, reasons::reason_of, stop_on_signals, Output, Session};
+use crate::{
+    broker::dlq_pass::{pass, Fate, Reader},
+    config::BrokerConfig,
+    domain::dead_letter,
 };
-use crate::{config::BrokerConfig, domain::dead_letter};
 
 // === peek ===
 
-struct Printer;
+struct Printer(Output);
 
 impl Reader for Printer {
     fn decide(&mut self, d: &Delivery) -> Fate {
-        println!("{}", describe(d));
+        self.0.line(&describe(d).to_string());
         Fate::Rotate
     }
 }
@@ -32,16 +31,30 @@ impl Reader for Printer {
 /// leaves the order as it was). Going round the rest just to restore the
 /// order would make a peek at one message cost a pass over the whole DLQ.
 ///
+/// A reader that closes the pipe (`dlq peek | head -n 1`) ends the peek
+/// early, with every message read back in the DLQ, and exit code 0.
+///
 /// # Errors
-/// When the broker cannot be reached or a copy is not confirmed.
+/// When the broker cannot be reached, a copy is not confirmed, or a signal
+/// interrupted it.
 pub async fn peek(broker_cfg: &BrokerConfig, limit: u32) -> anyhow::Result<ExitCode> {
+    let stop = stop_on_signals()?;
     in_session!(broker_cfg, "dlq peek", |session| async {
         let Some(depth) = dlq_depth(&session, broker_cfg).await? else {
             return Ok(ExitCode::SUCCESS);
         };
-        let done = pass(&session, broker_cfg, depth.min(limit), &mut Printer).await;
+        let mut printer = Printer(Output::new(stop.clone()));
+        let done = pass(
+            &mut session,
+            broker_cfg,
+            depth.min(limit),
+            &mut printer,
+            &stop,
+        )
+        .await;
         match done.error {
             Some(e) => Err(e),
+            None if done.stopped && !printer.0.closed() => Err(interrupted(done.read)),
             None => Ok(ExitCode::SUCCESS),
         }
     })

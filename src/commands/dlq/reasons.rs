@@ -8,12 +8,16 @@ use lapin::{
 };
 use serde::Serialize;
 
-use super::{
-    dlq_depth,
-    pass::{pass, Fate, Reader},
-    Session,
+use super::{dlq_depth, interrupted, print_lines, stop_on_signals, Session};
+use crate::{
+    broker::{
+        dlq_pass::{pass, Fate, Reader, Stop},
+        fields,
+    },
+    cli::OutputFormat,
+    config::BrokerConfig,
+    domain::dead_letter,
 };
-use crate::{broker::fields, cli::OutputFormat, config::BrokerConfig, domain::dead_letter};
 
 /// The reason the tools give a message the broker dead-lettered itself,
 /// past a quorum queue's delivery limit.
@@ -60,17 +64,17 @@ fn broker_death_reason(headers: Option<&FieldTable>) -> Option<String> {
 /// When the broker cannot be reached or a read message cannot be put back
 /// at the tail (it then stays in the DLQ).
 pub async fn stats(broker_cfg: &BrokerConfig, format: OutputFormat) -> anyhow::Result<ExitCode> {
-    let s = collect_stats(broker_cfg).await?;
-    match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&s)?),
+    let stop = stop_on_signals()?;
+    let s = collect_stats_until(broker_cfg, &stop).await?;
+    let lines = match format {
+        OutputFormat::Json => vec![serde_json::to_string(&s)?],
         OutputFormat::Text => {
-            println!("queue: {}", s.dlq);
-            println!("depth: {}", s.depth);
-            for (reason, count) in &s.reasons {
-                println!("{reason}: {count}");
-            }
+            let mut lines = vec![format!("queue: {}", s.dlq), format!("depth: {}", s.depth)];
+            lines.extend(s.reasons.iter().map(|(r, n)| format!("{r}: {n}")));
+            lines
         }
-    }
+    };
+    print_lines(&lines);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -92,6 +96,10 @@ impl Reader for Counter {
 /// # Errors
 /// When the broker cannot be reached or a copy is not confirmed.
 pub async fn collect_stats(broker_cfg: &BrokerConfig) -> anyhow::Result<Stats> {
+    collect_stats_until(broker_cfg, &Stop::new()).await
+}
+
+async fn collect_stats_until(broker_cfg: &BrokerConfig, stop: &Stop) -> anyhow::Result<Stats> {
     in_session!(broker_cfg, "dlq stats", |session| async {
         let Some(depth) = dlq_depth(&session, broker_cfg).await? else {
             return Ok(Stats {
@@ -100,9 +108,12 @@ pub async fn collect_stats(broker_cfg: &BrokerConfig) -> anyhow::Result<Stats> {
             });
         };
         let mut counter = Counter(BTreeMap::new());
-        let done = pass(&session, broker_cfg, depth, &mut counter).await;
+        let done = pass(&mut session, broker_cfg, depth, &mut counter, stop).await;
         if let Some(e) = done.error {
             return Err(e.context("counting the DLQ's reasons"));
+        }
+        if done.stopped {
+            return Err(interrupted(done.read));
         }
         Ok(Stats {
             dlq: broker_cfg.dlq.clone(),

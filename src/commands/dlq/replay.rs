@@ -4,40 +4,19 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use lapin::{message::Delivery, BasicProperties};
+use lapin::message::Delivery;
 use serde::Serialize;
 
-use super::{
-    dlq_depth,
-    pass::{filtered_headers, pass, Fate, Reader, DELIVERY_COUNT},
-    reasons::reason_of,
-    Session,
-};
+use super::{dlq_depth, print_lines, reasons::reason_of, stop_on_signals, Session};
 use crate::{
-    broker::{self, fields, topology, BrokerError},
+    broker::{
+        self,
+        dlq_pass::{pass, Fate, Reader, Stop},
+        topology, BrokerError,
+    },
     cli::OutputFormat,
     config::BrokerConfig,
 };
-
-/// Headers the broker writes when it dead-letters a message. A replayed
-/// message starts a new history without them (and without the delivery
-/// count).
-const DEATH_HEADERS: [&str; 1] = ["x-death"];
-const DEATH_PREFIXES: [&str; 2] = ["x-first-death-", "x-last-death-"];
-
-/// The properties of a replayed message: `x-bridge-done-targets` and the
-/// message's own headers are kept (see [`fields::replay_properties`]); the
-/// broker's dead-lettering history goes too, so a replayed message is a new
-/// start and a later dead-lettering is not mistaken for an old one.
-pub(super) fn replayed_properties(props: &BasicProperties) -> BasicProperties {
-    let replayed = fields::replay_properties(props);
-    let headers = filtered_headers(replayed.headers().as_ref(), |k| {
-        k != DELIVERY_COUNT
-            && !DEATH_HEADERS.contains(&k)
-            && !DEATH_PREFIXES.iter().any(|p| k.starts_with(p))
-    });
-    replayed.with_headers(headers)
-}
 
 // === replay ===
 
@@ -132,32 +111,38 @@ pub async fn replay(
     request: &ReplayRequest,
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
-    let report = replay_messages(broker_cfg, request).await?;
+    let stop = stop_on_signals()?;
+    let report = replay_messages_until(broker_cfg, request, &stop).await?;
+    let mut lines = Vec::new();
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        OutputFormat::Json => lines.push(serde_json::to_string(&report)?),
         OutputFormat::Text if report.dry_run => {
             for m in &report.messages {
-                println!(
+                lines.push(format!(
                     "would replay message_id={} reason={}",
                     m.message_id.as_deref().unwrap_or("-"),
                     m.reason
-                );
+                ));
             }
-            println!(
+            lines.push(format!(
                 "dry run: {} messages would be replayed from {} to {}; nothing moved",
                 report.matched, report.dlq, report.queue
-            );
+            ));
         }
         OutputFormat::Text => {
-            println!(
+            lines.push(format!(
                 "{} messages replayed from {} to {}",
                 report.moved, report.dlq, report.queue
-            );
+            ));
             if report.kept > 0 {
-                println!("{} messages read stay in the DLQ, in order", report.kept);
+                lines.push(format!(
+                    "{} messages read stay in the DLQ, in order",
+                    report.kept
+                ));
             }
         }
     }
+    print_lines(&lines);
     match &report.error {
         Some(e) => {
             eprintln!("fanout-bridge: replay stopped: {e}; the rest stay in the DLQ");
@@ -199,6 +184,14 @@ pub async fn replay_messages(
     broker_cfg: &BrokerConfig,
     request: &ReplayRequest,
 ) -> anyhow::Result<ReplayReport> {
+    replay_messages_until(broker_cfg, request, &Stop::new()).await
+}
+
+async fn replay_messages_until(
+    broker_cfg: &BrokerConfig,
+    request: &ReplayRequest,
+    stop: &Stop,
+) -> anyhow::Result<ReplayReport> {
     in_session!(broker_cfg, "dlq replay", |session| async {
         let mut report = ReplayReport {
             dlq: broker_cfg.dlq.clone(),
@@ -219,44 +212,24 @@ pub async fn replay_messages(
             chosen: Vec::new(),
             rotated: 0,
         };
-        let done = pass(&session, broker_cfg, depth, &mut chooser).await;
+        let done = pass(&mut session, broker_cfg, depth, &mut chooser, stop).await;
         report.matched = chooser.chosen.len() as u64;
         report.moved = u64::from(done.replayed);
         report.kept = u64::from(done.rotated);
         report.messages = chooser.chosen;
-        report.error = done.error.map(|e| format!("{e:#}"));
+        report.error = match (done.error, done.stopped) {
+            (Some(e), _) => Some(format!("{e:#}")),
+            (None, true) => Some(format!(
+                "interrupted after reading {} messages; every message read and not moved is \
+                 back in the DLQ",
+                done.read
+            )),
+            (None, false) if done.replay_failed > 0 => Some(format!(
+                "{} messages could not be stored in {} and stay in the DLQ",
+                done.replay_failed, broker_cfg.queue
+            )),
+            (None, false) => None,
+        };
         Ok(report)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::commands::dlq::reasons::tests::{death, table, text};
-    use lapin::types::{AMQPValue, FieldArray};
-
-    #[test]
-    fn replay_drops_the_broker_history_and_keeps_done_targets() {
-        let props = BasicProperties::default()
-            .with_message_id("m".into())
-            .with_headers(table(&[
-                (
-                    "x-death",
-                    AMQPValue::FieldArray(FieldArray::from(vec![death("delivery_limit")])),
-                ),
-                ("x-first-death-reason", text("delivery_limit")),
-                ("x-first-death-queue", text("inbound")),
-                ("x-last-death-reason", text("delivery_limit")),
-                ("x-delivery-count", AMQPValue::LongInt(3)),
-                ("x-bridge-done-targets", text("logging")),
-                ("x-bridge-reason", text("api_failed")),
-                ("tenant", text("acme")),
-            ]));
-        let out = replayed_properties(&props);
-        let h = out.headers().as_ref().unwrap();
-        let mut keys: Vec<_> = h.inner().keys().map(|k| k.as_str().to_owned()).collect();
-        keys.sort();
-        assert_eq!(keys, ["tenant", "x-bridge-done-targets"]);
-        assert_eq!(out.message_id().as_ref().unwrap().as_str(), "m");
-    }
 }

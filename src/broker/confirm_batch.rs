@@ -26,8 +26,7 @@
 
 use lapin::{message::BasicReturnMessage, Confirmation, PublisherConfirm};
 
-use super::broker_session::CONFIRM_TIMEOUT;
-use crate::broker::publisher::PublishError;
+use super::{publisher::PublishError, tool_session::CONFIRM_TIMEOUT};
 
 /// What [`outcomes`] says of one publish.
 pub type Outcome = Result<(), PublishError>;

@@ -17,10 +17,8 @@ use std::time::Duration;
 use anyhow::Context;
 use lapin::{Channel, Connection};
 
-use crate::{
-    broker::{self, publisher::Publisher},
-    config::BrokerConfig,
-};
+use super::publisher::Publisher;
+use crate::{broker, config::BrokerConfig};
 
 /// How long a command waits for one publish to be confirmed before it counts
 /// as not stored (the original then stays where it was).
