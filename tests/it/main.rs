@@ -13,6 +13,7 @@ mod copy_returns;
 mod dead_letter;
 mod dlq_gone;
 mod dlq_quorum;
+mod exact_bytes;
 mod fanout;
 mod faults;
 mod hold;
