@@ -38,9 +38,10 @@ pub enum UnsendableId {
         "message_id {0:?} contains control characters and cannot be sent as the Idempotency-Key header"
     )]
     ControlCharacters(String),
-    /// The AMQP parser (patches/amq-protocol-types) reads bytes that are not
-    /// UTF-8 as U+FFFD, so two different ids on the wire could read the same
-    /// here: as a key, an API that drops duplicates could drop the wrong one.
+    /// An id that is not UTF-8 on the wire (the AMQP parser,
+    /// patches/amq-protocol-types, keeps its bytes as private-use chars) has
+    /// no faithful text form for an HTTP header: the API would see a key the
+    /// publisher never sent.
     #[error(
         "message_id {0:?} is not valid UTF-8 on the wire; it cannot be a reliable Idempotency-Key"
     )]
@@ -65,12 +66,11 @@ impl Requests {
         // from_bytes, not from_str: a non-ASCII id travels as its UTF-8 bytes
         // (obs-text) rather than being refused.
         if msg.message_id_from_property
-            && msg
-                .message_id
-                .as_str()
-                .contains(char::REPLACEMENT_CHARACTER)
+            && crate::broker::fields::short_string_is_raw(msg.message_id.as_str())
         {
-            return Err(UnsendableId::NotUtf8(msg.message_id.to_string()));
+            return Err(UnsendableId::NotUtf8(
+                crate::broker::fields::short_string_display(msg.message_id.as_str()).into_owned(),
+            ));
         }
         let key = HeaderValue::from_bytes(msg.message_id.as_str().as_bytes())
             .map_err(|_| UnsendableId::ControlCharacters(msg.message_id.to_string()))?;

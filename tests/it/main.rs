@@ -14,6 +14,7 @@ mod dead_letter;
 mod dlq_gone;
 mod dlq_interrupt;
 mod dlq_quorum;
+mod exact_bytes;
 mod fanout;
 mod faults;
 mod hold;

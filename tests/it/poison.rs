@@ -229,10 +229,10 @@ async fn a_header_name_that_is_not_utf8_is_taken_and_the_queue_moves_on() {
     };
     case.publish_poison(&props).await;
     let d = case.finish("name", "poison-name").await;
-    // The name is decoded lossily (U+FFFD); its value and the other headers
-    // are kept.
+    // The name's bytes are kept (each byte that is not UTF-8 as U+10FF00 +
+    // byte, see patches/README.md); its value and the other headers too.
     assert_eq!(
-        header(&d, "x-\u{FFFD}\u{FFFD}"),
+        header(&d, "x-\u{10FFFF}\u{10FFFE}"),
         &AMQPValue::LongString("v".into())
     );
     assert_eq!(header_text(&d, "tenant").as_deref(), Some("acme"));
@@ -254,27 +254,28 @@ async fn property_values_that_are_not_utf8_are_taken_and_a_message_id_among_them
     case.publish_poison(&props).await;
     // A message_id that is not UTF-8 cannot be a reliable Idempotency-Key
     // (two such ids can read the same), so the message is dead-lettered
-    // without an API call; the other lossy values would have been harmless.
+    // without an API call; the other values are harmless.
     let d = case.finish_without_key("props").await;
-    // The DLQ copy keeps them (lossily decoded), so it can be replayed.
+    // The DLQ copy keeps their bytes, so it can be replayed.
     let p = &d.properties;
     let s = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.to_string());
-    assert_eq!(s(p.message_id()).as_deref(), Some("poison-\u{FFFD}"));
-    assert_eq!(s(p.kind()).as_deref(), Some("user.\u{FFFD}registered"));
-    assert_eq!(s(p.correlation_id()).as_deref(), Some("corr-\u{FFFD}"));
+    assert_eq!(s(p.message_id()).as_deref(), Some("poison-\u{10FFFF}"));
+    assert_eq!(s(p.kind()).as_deref(), Some("user.\u{10FFFF}registered"));
+    assert_eq!(s(p.correlation_id()).as_deref(), Some("corr-\u{10FFFF}"));
     assert_eq!(
         s(p.content_type()).as_deref(),
-        Some("application/json; charset=\u{FFFD}")
+        Some("application/json; charset=\u{10FFFF}")
     );
-    assert_eq!(s(p.content_encoding()).as_deref(), Some("\u{FFFD}"));
-    assert_eq!(s(p.reply_to()).as_deref(), Some("reply-\u{FFFD}"));
-    assert_eq!(s(p.app_id()).as_deref(), Some("app-\u{FFFD}"));
+    assert_eq!(s(p.content_encoding()).as_deref(), Some("\u{10FFFE}"));
+    assert_eq!(s(p.reply_to()).as_deref(), Some("reply-\u{10FFFF}"));
+    assert_eq!(s(p.app_id()).as_deref(), Some("app-\u{10FFC3}"));
 }
 
 #[tokio::test]
 async fn a_full_length_short_string_that_is_not_utf8_still_fits_when_republished() {
     let mut case = Case::start("poison.long-short").await;
-    // 255 bytes that are not UTF-8 would be 765 bytes of U+FFFD.
+    // 255 bytes that are not UTF-8 are a String of 1,020 bytes (255 chars in
+    // U+10FF00..=U+10FFFF), written back as the 255 bytes.
     let props = Props {
         message_id: Some(vec![0xff; 255]),
         headers: Some(wire::table(&[(
@@ -284,10 +285,15 @@ async fn a_full_length_short_string_that_is_not_utf8_still_fits_when_republished
         ..Props::default()
     };
     case.publish_poison(&props).await;
-    let key = "\u{FFFD}".repeat(85);
     let d = case.finish_without_key("long-short").await;
-    assert_eq!(d.properties.message_id().as_ref().unwrap().as_str(), key);
-    assert_eq!(header(&d, &key), &AMQPValue::LongString("v".into()));
+    assert_eq!(
+        d.properties.message_id().as_ref().unwrap().as_str(),
+        "\u{10FFFF}".repeat(255)
+    );
+    assert_eq!(
+        header(&d, &"\u{10FFFE}".repeat(255)),
+        &AMQPValue::LongString("v".into())
+    );
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //! publishing what lapin cannot express: short strings that are not UTF-8,
 //! field-table value types it would not write. Enough of the protocol for
 //! the tests: handshake (PLAIN), one channel in confirm mode, exchange
-//! declare/delete, queue bind, publish with hand-built properties, close.
+//! declare/delete, queue bind, publish with hand-built properties, `basic.get`
+//! returning the content header's property bytes as they came, close.
 
 #![allow(dead_code)]
 
@@ -61,6 +62,39 @@ pub mod wire {
     pub fn long_string_value(s: &[u8]) -> Vec<u8> {
         value(b'S', &long(s))
     }
+
+    /// A short string at the start of `b`, and the rest.
+    pub fn read_short(b: &[u8]) -> (Vec<u8>, &[u8]) {
+        let n = b[0] as usize;
+        (b[1..1 + n].to_vec(), &b[1 + n..])
+    }
+
+    fn long_len(b: &[u8]) -> usize {
+        u32::from_be_bytes(b[..4].try_into().unwrap()) as usize
+    }
+
+    /// The entries of an encoded field table (with its length), as (name,
+    /// type tag + encoded value) in wire order: the inverse of [`table`].
+    pub fn entries(table: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut rest = &table[4..4 + long_len(table)];
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let (name, r) = read_short(rest);
+            let size = 1 + match r[0] {
+                b't' | b'b' | b'B' => 1,
+                b's' | b'u' => 2,
+                b'I' | b'i' | b'f' => 4,
+                b'l' | b'L' | b'd' | b'T' => 8,
+                b'D' => 5,
+                b'S' | b'A' | b'F' | b'x' => 4 + long_len(&r[1..]),
+                b'V' => 0,
+                tag => panic!("field type {:?}", tag as char),
+            };
+            out.push((name, r[..size].to_vec()));
+            rest = &r[size..];
+        }
+        out
+    }
 }
 
 /// Basic properties, each as the bytes to put on the wire (short strings
@@ -93,7 +127,8 @@ impl Props {
         }
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// The property flags and list as they go on the wire.
+    pub fn encode(&self) -> Vec<u8> {
         let mut flags = 0u16;
         let mut list = Vec::new();
         let mut short = |bit: u16, v: &Option<Vec<u8>>, flags: &mut u16| {
@@ -143,6 +178,60 @@ impl Props {
         out.extend(list);
         out
     }
+}
+
+impl Props {
+    /// The inverse of [`Props::encode`] (one flags word, as RabbitMQ sends).
+    pub fn decode(bytes: &[u8]) -> Props {
+        let flags = u16::from_be_bytes([bytes[0], bytes[1]]);
+        let mut rest = &bytes[2..];
+        let mut p = Props::default();
+        let on = |bit: u16| flags & (1 << bit) != 0;
+        let short = |bit: u16, rest: &mut &[u8]| {
+            on(bit).then(|| {
+                let (v, r) = wire::read_short(rest);
+                *rest = r;
+                v
+            })
+        };
+        p.content_type = short(15, &mut rest);
+        p.content_encoding = short(14, &mut rest);
+        if on(13) {
+            let n = 4 + u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            p.headers = Some(rest[..n].to_vec());
+            rest = &rest[n..];
+        }
+        if on(12) {
+            p.delivery_mode = Some(rest[0]);
+            rest = &rest[1..];
+        }
+        if on(11) {
+            p.priority = Some(rest[0]);
+            rest = &rest[1..];
+        }
+        p.correlation_id = short(10, &mut rest);
+        p.reply_to = short(9, &mut rest);
+        p.expiration = short(8, &mut rest);
+        p.message_id = short(7, &mut rest);
+        if on(6) {
+            p.timestamp = Some(u64::from_be_bytes(rest[..8].try_into().unwrap()));
+            rest = &rest[8..];
+        }
+        p.kind = short(5, &mut rest);
+        p.user_id = short(4, &mut rest);
+        p.app_id = short(3, &mut rest);
+        assert!(!on(2) || rest.is_empty(), "cluster_id is not decoded");
+        p
+    }
+}
+
+/// A message read with [`RawConnection::get`], as it came on the wire.
+#[derive(Debug)]
+pub struct RawMessage {
+    pub routing_key: Vec<u8>,
+    /// The content header's property flags and list, byte for byte.
+    pub properties: Vec<u8>,
+    pub body: Vec<u8>,
 }
 
 /// What the broker said to a publish.
@@ -273,6 +362,42 @@ impl RawConnection {
     pub async fn publish_to_queue(&mut self, queue: &str, props: &Props, body: &[u8]) {
         let confirm = self.publish(b"", queue.as_bytes(), props, body).await;
         assert_eq!(confirm, Confirm::Ack, "raw publish to {queue} confirmed");
+    }
+
+    /// `basic.get` with automatic ack: the next message of `queue`, its
+    /// properties as the bytes the broker sent, or None when it is empty.
+    pub async fn get(&mut self, queue: &str) -> Option<RawMessage> {
+        let mut args = 0u16.to_be_bytes().to_vec();
+        args.extend(wire::short(queue.as_bytes()));
+        args.push(1); // no-ack
+        self.send_method(1, 60, 70, &args).await;
+        let (kind, _, payload) = self.read_frame().await;
+        assert_eq!(kind, FRAME_METHOD, "a method frame");
+        let m = method(payload);
+        let routing_key = match (m.class, m.method) {
+            (60, 72) => return None, // Get-Empty
+            (60, 71) => {
+                // delivery tag, redelivered, exchange, routing key, count
+                let (_, rest) = wire::read_short(&m.args[9..]);
+                wire::read_short(rest).0
+            }
+            (20, 40) | (10, 50) => panic!("the broker closed: {}", close_text(&m)),
+            other => panic!("unexpected method {other:?} while waiting for Get-Ok"),
+        };
+        let (kind, _, header) = self.read_frame().await;
+        assert_eq!(kind, FRAME_HEADER, "a content header frame");
+        let size = u64::from_be_bytes(header[4..12].try_into().unwrap()) as usize;
+        let mut body = Vec::with_capacity(size);
+        while body.len() < size {
+            let (kind, _, chunk) = self.read_frame().await;
+            assert_eq!(kind, FRAME_BODY, "a content body frame");
+            body.extend(chunk);
+        }
+        Some(RawMessage {
+            routing_key,
+            properties: header[12..].to_vec(),
+            body,
+        })
     }
 
     /// Declares a non-durable, auto-delete exchange of `kind`.

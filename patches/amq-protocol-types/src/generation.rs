@@ -145,14 +145,19 @@ pub fn gen_decimal_value<W: Write>(d: DecimalValue) -> impl SerializeFn<W> {
 
 /// Generate the [ShortString](../type.ShortString.html) in the given buffer (x)
 #[must_use]
+///
+/// fanout-bridge patch: each char in U+10FF00..=U+10FFFF is written as the
+/// one byte it stands for (`c - 0x10FF00`, see `parsing::parse_short_string`),
+/// so the bytes that were parsed are written back exactly.
 pub fn gen_short_string<'a, W: Write + 'a>(s: &'a str) -> impl SerializeFn<W> + 'a {
+    let bytes = short_string_wire_bytes(s);
     debug_assert!(
-        s.len() <= ShortShortUInt::MAX as usize,
+        bytes.len() <= ShortShortUInt::MAX as usize,
         "short string exceeds 255 bytes"
     );
     pair(
-        gen_short_short_uint(s.len() as ShortShortUInt),
-        slice(s.as_bytes()),
+        gen_short_short_uint(bytes.len() as ShortShortUInt),
+        slice(bytes),
     )
 }
 

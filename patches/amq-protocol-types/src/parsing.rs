@@ -253,28 +253,20 @@ pub fn parse_decimal_value<I: ParsableInput>(i: I) -> ParserResult<I, DecimalVal
 
 /// A short string from its bytes. On the wire a short string is any bytes
 /// (RabbitMQ accepts and forwards header names, property values and routing
-/// keys that are not UTF-8), so bytes that are not UTF-8
-/// are replaced with U+FFFD, as [String::from_utf8_lossy] does, rather than
-/// failing the frame. The result is cut at a character boundary to stay within
-/// [MAX_SHORT_STRING_LENGTH] bytes, so that it can be serialized again.
+/// keys that are not UTF-8), so bytes that are not UTF-8 must not fail the
+/// frame, and must not be lost either: they are decoded reversibly. Bytes
+/// that are UTF-8 without a char in U+10FF00..=U+10FFFF are the text as is;
+/// otherwise each byte that is not part of valid UTF-8 (and each byte of a
+/// char in that range) becomes the char `U+10FF00 + byte`, which
+/// `gen_short_string` writes back as that byte. The `String` can then be up
+/// to 4 times longer than its 255 bytes on the wire; [ShortString::try_new]
+/// counts wire bytes.
 fn make_short_string<I: Input<Item = u8>>(i: I) -> ShortString {
-    let s = match String::from_utf8(i.iter_elements().collect()) {
-        Ok(s) => s,
-        Err(e) => {
-            let mut s = String::from_utf8_lossy(e.as_bytes()).into_owned();
-            let mut end = s.len().min(MAX_SHORT_STRING_LENGTH);
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            s.truncate(end);
-            s
-        }
-    };
-    ShortString::from(s)
+    ShortString::from(short_string_from_wire(i.iter_elements().collect()))
 }
 
 /// Parse a [ShortString](../type.ShortString.html). Bytes that are not UTF-8
-/// are replaced with U+FFFD (see `make_short_string`).
+/// are kept as private-use chars (see `make_short_string`).
 pub fn parse_short_string<I: ParsableInput>(i: I) -> ParserResult<I, ShortString> {
     context(
         "parse_short_string",
@@ -608,40 +600,134 @@ mod test {
         );
     }
 
-    #[test]
-    fn test_parse_short_string_not_utf8() {
-        // RabbitMQ forwards any bytes in a short string (pika:
-        // `headers={b"x-\xff\xfe": "v"}`); one must not fail the frame.
-        assert_eq!(
-            parse_short_string(&[4, b'x', b'-', 0xff, 0xfe][..]),
-            Ok((EMPTY, "x-\u{FFFD}\u{FFFD}".into()))
-        );
-        // 255 invalid bytes would be 765 bytes of U+FFFD: cut to fit, on a
-        // character boundary, so that the value can be serialized again.
-        let mut long = vec![255u8];
-        long.extend([0xff; 255]);
-        let (rest, s) = parse_short_string(&long[..]).unwrap();
+    /// `bytes` as a short string on the wire, parsed, then written again.
+    fn round_trip(bytes: &[u8]) -> (ShortString, Vec<u8>) {
+        let mut wire = vec![bytes.len() as u8];
+        wire.extend_from_slice(bytes);
+        let (rest, s) = parse_short_string(&wire[..]).unwrap();
         assert_eq!(rest, EMPTY);
-        assert_eq!(s.as_str(), "\u{FFFD}".repeat(85));
-        let mut buf = vec![0u8; 300];
+        let mut buf = vec![0u8; 256];
         let (_, written) = cookie_factory::r#gen(
             crate::generation::gen_short_string(s.as_str()),
             &mut buf[..],
         )
         .unwrap();
-        assert_eq!(written, 256);
-        // A field-table name that is not UTF-8, then the rest of the table.
-        let mut table = FieldTable::default();
-        table.insert("x-\u{FFFD}".into(), AMQPValue::LongString("v".into()));
-        table.insert("k".into(), AMQPValue::Boolean(true));
+        buf.truncate(written as usize);
+        assert_eq!(buf, wire, "{bytes:x?} written back as parsed");
+        (s, buf)
+    }
+
+    #[test]
+    fn test_parse_short_string_not_utf8() {
+        // RabbitMQ forwards any bytes in a short string (pika:
+        // `headers={b"x-\xff\xfe": "v"}`); one must not fail the frame, and
+        // each byte that is not UTF-8 is kept as U+10FF00 + byte.
         assert_eq!(
-            parse_field_table(
-                &[
-                    0, 0, 0, 14, 3, b'x', b'-', 0xfe, b'S', 0, 0, 0, 1, b'v', 1, b'k', b't', 1
-                ][..]
-            ),
-            Ok((EMPTY, table))
+            parse_short_string(&[4, b'x', b'-', 0xff, 0xfe][..]),
+            Ok((EMPTY, "x-\u{10FFFF}\u{10FFFE}".into()))
         );
+        // Valid UTF-8 is kept as it is (fast path), U+FFFD included.
+        let (s, _) = round_trip("héllo \u{FFFD} x".as_bytes());
+        assert_eq!(s.as_str(), "héllo \u{FFFD} x");
+        assert_eq!(round_trip(b"").0.as_str(), "");
+        // All 0xFF, and the longest: 255 bytes that are not UTF-8 are a
+        // 1020-byte String, written back as the 255 bytes.
+        let (s, _) = round_trip(&[0xff; 255]);
+        assert_eq!(s.as_str(), "\u{10FFFF}".repeat(255));
+        assert_eq!(s.as_str().len(), 1020);
+        // A valid char in the escape range is escaped byte by byte (so it
+        // cannot be mistaken for an escaped byte), and written back as is.
+        let (s, _) = round_trip("a\u{10FF41}b".as_bytes());
+        assert_eq!(s.as_str(), "a\u{10FFF4}\u{10FF8F}\u{10FFBD}\u{10FF81}b");
+        // Other plane 16 chars (their UTF-8 starts with 0xF4 too) are text.
+        assert_eq!(round_trip("\u{10FEFF}".as_bytes()).0.as_str(), "\u{10FEFF}");
+        // Truncated multibyte sequences, an overlong form, a surrogate.
+        for bytes in [
+            &b"\xc3"[..],
+            b"ab\xe2\x82",
+            b"\xf0\x9f\x98",
+            b"\xf4\x8f\xbd",
+            b"\xc0\xaf",
+            b"\xed\xa0\x80",
+            b"\xf5\x80\x80\x80",
+            b"\x00\x7f\x80\xbf",
+        ] {
+            let (s, _) = round_trip(bytes);
+            assert!(
+                s.as_str().chars().any(|c| c as u32 >= 0x10FF00),
+                "{bytes:x?}"
+            );
+        }
+        // Two names that differ only in bytes that are not UTF-8 are two
+        // field-table keys, each written back with its own bytes.
+        let table_bytes = [
+            0, 0, 0, 18, 4, b'x', b'-', 0xff, 0xfd, b'S', 0, 0, 0, 1, b'a', 4, b'x', b'-', 0xff,
+            0xfe, b't', 1,
+        ];
+        let (rest, table) = parse_field_table(&table_bytes[..]).unwrap();
+        assert_eq!(rest, EMPTY);
+        assert_eq!(table.inner().len(), 2);
+        assert_eq!(
+            table.inner()["x-\u{10FFFF}\u{10FFFD}"],
+            AMQPValue::LongString("a".into())
+        );
+        assert_eq!(
+            table.inner()["x-\u{10FFFF}\u{10FFFE}"],
+            AMQPValue::Boolean(true)
+        );
+        let mut buf = vec![0u8; 64];
+        let (_, written) =
+            cookie_factory::r#gen(crate::generation::gen_field_table(&table), &mut buf[..])
+                .unwrap();
+        assert_eq!(&buf[..written as usize], &table_bytes[..]);
+        // A short-string value (type '_' is internal; written through gen_value
+        // as lapin does for AMQPValue::ShortString).
+        let value = AMQPValue::ShortString(parse_short_string(&[2, 0xff, b'v'][..]).unwrap().1);
+        let mut buf = vec![0u8; 8];
+        let (_, written) =
+            cookie_factory::r#gen(crate::generation::gen_raw_value(&value), &mut buf[..]).unwrap();
+        assert_eq!(&buf[..written as usize], &[2, 0xff, b'v']);
+    }
+
+    #[test]
+    fn test_short_string_round_trips_any_bytes() {
+        // Property: every byte string of up to 255 bytes is parsed and written
+        // back byte for byte. Random strings are drawn from a small alphabet
+        // rich in UTF-8 lead, continuation and escape-range bytes.
+        const ALPHABET: &[u8] = &[
+            0x00, b'a', b'-', 0x7f, 0x80, 0x8f, 0xbc, 0xbd, 0xbf, 0xc2, 0xc3, 0xe2, 0xed, 0xef,
+            0xf0, 0xf4, 0xf5, 0xfe, 0xff,
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 256) as usize;
+            let any_byte = next() % 2 == 0;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    let r = next();
+                    if any_byte {
+                        r as u8
+                    } else {
+                        ALPHABET[(r % ALPHABET.len() as u64) as usize]
+                    }
+                })
+                .collect();
+            let (s, _) = round_trip(&bytes);
+            assert!(ShortString::try_new(s.as_str()).is_ok());
+        }
+        // Every single byte and every pair of bytes.
+        for a in 0..=255u8 {
+            round_trip(&[a]);
+            for b in 0..=255u8 {
+                round_trip(&[a, b]);
+            }
+        }
     }
 
     /// A table holding a table holding … `levels` deep, its innermost value `V`.

@@ -200,13 +200,91 @@ impl ShortString {
     }
 
     /// Fallibly construct a [ShortString], returning an error if the string exceeds [MAX_SHORT_STRING_LENGTH] bytes
+    /// on the wire (each char in U+10FF00..=U+10FFFF counts as the one byte it stands for, see [short_string_wire_len])
     pub fn try_new(s: impl Into<String>) -> Result<Self, ShortStringError> {
         let s = s.into();
-        if s.len() > MAX_SHORT_STRING_LENGTH {
-            return Err(ShortStringError(s.len()));
+        let len = short_string_wire_len(&s);
+        if len > MAX_SHORT_STRING_LENGTH {
+            return Err(ShortStringError(len));
         }
         Ok(Self(s))
     }
+}
+
+// fanout-bridge patch: a short string is bytes on the wire, a `String` here.
+// A byte that is not part of valid UTF-8 (and each byte of a valid char that
+// is itself in the escape range) is held as the private-use char
+// `ESCAPE_BASE + byte` (U+10FF00..=U+10FFFF, the last 256 code points of
+// plane 16), and written back as that one byte: any bytes round-trip.
+
+/// First of the 256 chars that stand for one raw byte of a short string.
+pub(crate) const ESCAPE_BASE: u32 = 0x10FF00;
+
+/// The raw byte `c` stands for, if it is in U+10FF00..=U+10FFFF.
+#[inline]
+pub(crate) fn escaped_byte(c: char) -> Option<u8> {
+    (c as u32).checked_sub(ESCAPE_BASE).map(|b| b as u8)
+}
+
+/// Whether `s` may hold an escaped byte: every char from U+100000 up is
+/// encoded starting with 0xF4, so text without that byte is its own bytes.
+#[inline]
+pub(crate) fn may_hold_escapes(s: &str) -> bool {
+    s.as_bytes().contains(&0xF4)
+}
+
+/// The length of `s` on the wire: its UTF-8 length, less 3 for each escaped
+/// byte (4 bytes of UTF-8 that are written as one).
+pub(crate) fn short_string_wire_len(s: &str) -> usize {
+    if !may_hold_escapes(s) {
+        return s.len();
+    }
+    s.len() - 3 * s.chars().filter(|&c| escaped_byte(c).is_some()).count()
+}
+
+/// The bytes of `s` on the wire (see [ESCAPE_BASE]).
+pub(crate) fn short_string_wire_bytes(s: &str) -> borrow::Cow<'_, [u8]> {
+    if !may_hold_escapes(s) {
+        return borrow::Cow::Borrowed(s.as_bytes());
+    }
+    let mut out = Vec::with_capacity(s.len());
+    for c in s.chars() {
+        match escaped_byte(c) {
+            Some(b) => out.push(b),
+            None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+    borrow::Cow::Owned(out)
+}
+
+/// The string for the wire bytes `bytes`: the same text when they are UTF-8
+/// without a char in the escape range, otherwise with each byte that is not
+/// part of valid UTF-8 (or is part of a char in the escape range) escaped.
+pub(crate) fn short_string_from_wire(bytes: Vec<u8>) -> String {
+    let bytes = match String::from_utf8(bytes) {
+        Ok(s) if !may_hold_escapes(&s) => return s,
+        Ok(s) => s.into_bytes(),
+        Err(e) => e.into_bytes(),
+    };
+    let escape = |out: &mut String, b: u8| {
+        out.push(char::from_u32(ESCAPE_BASE + u32::from(b)).expect("a valid code point"))
+    };
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if escaped_byte(c).is_some() {
+                for &b in c.encode_utf8(&mut [0; 4]).as_bytes() {
+                    escape(&mut out, b);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for &b in chunk.invalid() {
+            escape(&mut out, b);
+        }
+    }
+    out
 }
 
 impl From<String> for ShortString {

@@ -10,7 +10,10 @@ use serde_json::{json, Map, Value};
 
 use super::{dlq_depth, interrupted, reasons::reason_of, stop_on_signals, Output, Session};
 use crate::{
-    broker::dlq_pass::{pass, Fate, Reader},
+    broker::{
+        dlq_pass::{pass, Fate, Reader},
+        fields::{short_string_display, short_string_hex},
+    },
     config::BrokerConfig,
     domain::dead_letter,
 };
@@ -62,18 +65,29 @@ pub async fn peek(broker_cfg: &BrokerConfig, limit: u32) -> anyhow::Result<ExitC
 
 /// One dead-lettered message as a JSON object: its body (text, or hex when it
 /// is not UTF-8), identifying properties, its reason and `x-bridge-*`
-/// headers.
+/// headers. A short string (property or header name) that was not UTF-8 on
+/// the wire is shown with `\xHH` for each such byte, and its exact bytes in
+/// hex beside it: `message_id_hex`, `correlation_id_hex`, `type_hex`, and
+/// `header_names_hex` (shown name → hex).
 pub fn describe(d: &Delivery) -> Value {
     let props = &d.properties;
     let mut headers = Map::new();
+    let mut names_hex = Map::new();
     if let Some(table) = props.headers() {
         for (key, value) in table {
             if key.as_str().starts_with(dead_letter::PREFIX) {
-                headers.insert(key.as_str().to_owned(), amqp_to_json(value));
+                let name = short_string_display(key.as_str()).into_owned();
+                if let Some(hex) = short_string_hex(key.as_str()) {
+                    names_hex.insert(name.clone(), Value::String(hex));
+                }
+                headers.insert(name, amqp_to_json(value));
             }
         }
     }
-    let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+    let text = |v: &Option<ShortString>| {
+        v.as_ref()
+            .map(|s| short_string_display(s.as_str()).into_owned())
+    };
     let mut out = json!({
         "message_id": text(props.message_id()),
         "correlation_id": text(props.correlation_id()),
@@ -81,6 +95,18 @@ pub fn describe(d: &Delivery) -> Value {
         "reason": reason_of(props.headers().as_ref()),
         "headers": headers,
     });
+    for (field, value) in [
+        ("message_id", props.message_id()),
+        ("correlation_id", props.correlation_id()),
+        ("type", props.kind()),
+    ] {
+        if let Some(hex) = value.as_ref().and_then(|s| short_string_hex(s.as_str())) {
+            out[format!("{field}_hex")] = Value::String(hex);
+        }
+    }
+    if !names_hex.is_empty() {
+        out["header_names_hex"] = Value::Object(names_hex);
+    }
     match std::str::from_utf8(&d.data) {
         Ok(body) => out["body"] = Value::String(body.to_owned()),
         Err(_) => {
@@ -96,7 +122,7 @@ fn amqp_to_json(value: &AMQPValue) -> Value {
         AMQPValue::LongString(s) => {
             Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
         }
-        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
+        AMQPValue::ShortString(s) => Value::String(short_string_display(s.as_str()).into_owned()),
         AMQPValue::Boolean(b) => Value::Bool(*b),
         AMQPValue::LongInt(i) => json!(i),
         AMQPValue::LongLongInt(i) => json!(i),
