@@ -214,6 +214,7 @@ impl DeliveryHandler {
             Disposition::DeadLetter(dl) => {
                 let headers = dead_letter::headers(&dl, time::OffsetDateTime::now_utc());
                 let props = fields::dead_letter_properties(props, msg, headers);
+                let props = fit_frame(props, publisher);
                 match publisher
                     .publish_dead_letter(&self.dlq, &msg.body, props)
                     .await
@@ -229,7 +230,7 @@ impl DeliveryHandler {
                 // Pause first: the API is down whether or not the republish works.
                 let until = tokio::time::Instant::now() + self.outage_pause;
                 self.pause.send_replace(Some(until));
-                let props = fields::held_properties(props, msg, done);
+                let props = fit_frame(fields::held_properties(props, msg, done), publisher);
                 match publisher.publish(&self.queue, &msg.body, props).await {
                     Ok(()) => settler.ack(Outcome::Held).await,
                     Err(e) => {
@@ -240,6 +241,20 @@ impl DeliveryHandler {
             }
         }
     }
+}
+
+/// The copy as it can be published: one header frame over the connection's
+/// frame size would make the broker close the publishing connection.
+fn fit_frame(props: BasicProperties, publisher: &Publisher) -> BasicProperties {
+    let (props, dropped) = fields::fit_frame(props, publisher.frame_max());
+    if !dropped.is_empty() {
+        warn!(
+            ?dropped,
+            frame_max = publisher.frame_max(),
+            "headers left out of the copy so that it fits the frame size (listed in x-bridge-headers-dropped)"
+        );
+    }
+    props
 }
 
 /// The per-target latencies of the log line, as one value

@@ -13,6 +13,9 @@ pub const DONE_TARGETS: &str = "x-bridge-done-targets";
 pub const ERROR: &str = "x-bridge-error";
 pub const ATTEMPTS: &str = "x-bridge-attempts";
 pub const DEAD_LETTERED_AT: &str = "x-bridge-dead-lettered-at";
+/// On a DLQ or hold copy: the original headers left out so that the copy
+/// fits the connection's frame size (comma-separated names).
+pub const HEADERS_DROPPED: &str = "x-bridge-headers-dropped";
 
 /// Prefix shared by every header this program writes.
 pub const PREFIX: &str = "x-bridge-";

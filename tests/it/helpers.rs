@@ -7,7 +7,10 @@ use std::{
     collections::VecDeque,
     future::Future,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -282,6 +285,42 @@ pub fn header_text(d: &lapin::message::Delivery, key: &str) -> Option<String> {
 
 pub fn header_int(d: &lapin::message::Delivery, key: &str) -> Option<i64> {
     fanout_bridge::broker::fields::header_int(d.properties.headers().as_ref(), key)
+}
+
+// === Connection watch ===
+
+/// Samples `bridge_broker_connected` every few milliseconds: a dropped
+/// connection keeps it at 0 for the reconnect backoff (at least 250 ms).
+pub struct ConnectionWatch {
+    dropped: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConnectionWatch {
+    pub fn start(metrics: &Metrics) -> ConnectionWatch {
+        let gauge = metrics.broker_connected.clone();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&dropped);
+        let task = tokio::spawn(async move {
+            loop {
+                if gauge.get() != 1 {
+                    flag.store(true, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        ConnectionWatch { dropped, task }
+    }
+
+    pub fn dropped(&self) -> bool {
+        self.dropped.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ConnectionWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 // === Fake APIs ===
