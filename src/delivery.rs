@@ -9,8 +9,10 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures::{stream::FuturesUnordered, StreamExt};
 use lapin::{message::Delivery, options::BasicNackOptions, Acker, BasicProperties};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::{
@@ -19,7 +21,7 @@ use crate::{
     config::{OutagePolicy, WorkerConfig},
     domain::{
         dead_letter, decide, message::validate_json, CallOutcome, DeadLetter, Disposition,
-        InboundMessage,
+        InboundMessage, TargetSet,
     },
     metrics::{Metrics, Outcome},
 };
@@ -73,11 +75,15 @@ impl DeliveryHandler {
     /// on input; a failure to settle leaves the delivery unacked, so the broker
     /// delivers it again.
     /// Its acks go through `acks`, the coalescer of the delivery's channel.
+    /// When `wrap_up` is cancelled, calls still running are dropped and the
+    /// message goes back to the inbound queue with the targets done so far
+    /// ([`Disposition::Return`]).
     pub async fn handle(
         self: Arc<Self>,
         delivery: Delivery,
         publisher: Arc<Publisher>,
         acks: Acks,
+        wrap_up: CancellationToken,
     ) -> Outcome {
         let started = Instant::now();
         let Delivery {
@@ -104,7 +110,7 @@ impl DeliveryHandler {
         );
         async move {
             self.warn_unknown_done(&msg, &malformed);
-            let (disposition, calls) = self.process(&msg).await;
+            let (disposition, calls) = self.process(&msg, &wrap_up).await;
             let reason = match &disposition {
                 Disposition::DeadLetter(dl) => Some(dl.reason.as_str()),
                 _ => None,
@@ -123,6 +129,7 @@ impl DeliveryHandler {
                 latency_ms = InlineStr::display(&Latencies {
                     endpoints: self.api.endpoints(),
                     calls: &calls,
+                    done: &msg.done,
                 })
                 .as_str(),
                 total_ms = millis(started.elapsed()),
@@ -162,7 +169,11 @@ impl DeliveryHandler {
     }
 
     /// Validates, calls what still needs calling, and decides.
-    async fn process(&self, msg: &InboundMessage) -> (Disposition, Calls) {
+    async fn process(
+        &self,
+        msg: &InboundMessage,
+        wrap_up: &CancellationToken,
+    ) -> (Disposition, Calls) {
         let requests = match validate_json(&msg.body) {
             Err(why) => Err(why.0),
             Ok(json) => self
@@ -179,18 +190,40 @@ impl DeliveryHandler {
             }
         };
         let endpoints = self.api.endpoints();
+        let mut calls: Calls = endpoints.iter().map(|_| None).collect();
         // Every call starts at once; each retries on its own.
-        let calls: Calls = futures::future::join_all(endpoints.iter().map(|endpoint| {
-            let requests = &requests;
-            async move {
-                if msg.done.contains(endpoint.name().as_str()) {
-                    None
-                } else {
-                    Some(self.api.call(endpoint, requests).await)
+        let mut running: FuturesUnordered<_> = endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, endpoint)| !msg.done.contains(endpoint.name().as_str()))
+            .map(|(i, endpoint)| {
+                let requests = &requests;
+                async move { (i, self.api.call(endpoint, requests).await) }
+            })
+            .collect();
+        loop {
+            tokio::select! {
+                biased;
+                ended = running.next() => match ended {
+                    Some((i, report)) => calls[i] = Some(report),
+                    None => break,
+                },
+                () = wrap_up.cancelled() => {
+                    // What was accepted so far travels with the message, so
+                    // the next delivery does not call those targets again.
+                    let done = endpoints
+                        .iter()
+                        .zip(&calls)
+                        .filter(|(_, call)| {
+                            matches!(call, Some(r) if matches!(r.outcome, CallOutcome::Succeeded { .. }))
+                        })
+                        .map(|(endpoint, _)| endpoint.name().clone())
+                        .collect::<TargetSet>()
+                        .union(&msg.done);
+                    return (Disposition::Return { done }, calls);
                 }
             }
-        }))
-        .await;
+        }
         let outcomes = endpoints.iter().zip(&calls).map(|(endpoint, call)| {
             let outcome = call.as_ref().map_or(&ALREADY_DONE, |r| &r.outcome);
             (endpoint.name(), outcome)
@@ -214,6 +247,7 @@ impl DeliveryHandler {
             Disposition::DeadLetter(dl) => {
                 let headers = dead_letter::headers(&dl, time::OffsetDateTime::now_utc());
                 let props = fields::dead_letter_properties(props, msg, headers);
+                let props = fit_frame(props, publisher);
                 match publisher
                     .publish_dead_letter(&self.dlq, &msg.body, props)
                     .await
@@ -229,17 +263,48 @@ impl DeliveryHandler {
                 // Pause first: the API is down whether or not the republish works.
                 let until = tokio::time::Instant::now() + self.outage_pause;
                 self.pause.send_replace(Some(until));
-                let props = fields::held_properties(props, msg, done);
-                match publisher.publish(&self.queue, &msg.body, props).await {
-                    Ok(()) => settler.ack(Outcome::Held).await,
-                    Err(e) => {
-                        warn!(error = %e, "hold republish not confirmed; requeueing the message");
-                        settler.requeue().await
-                    }
-                }
+                self.hold(settler, publisher, props, msg, done).await
+            }
+            Disposition::Return { done } => {
+                info!(%done, "calls stopped as intake resumes: back to the queue with the targets done so far");
+                self.hold(settler, publisher, props, msg, done).await
             }
         }
     }
+
+    /// Republishes the message to the inbound queue with the targets that
+    /// accepted it, confirmed, then acks the original.
+    async fn hold(
+        &self,
+        settler: &Settler,
+        publisher: &Publisher,
+        props: &BasicProperties,
+        msg: &InboundMessage,
+        done: TargetSet,
+    ) -> Outcome {
+        let props = fit_frame(fields::held_properties(props, msg, done), publisher);
+        match publisher.publish(&self.queue, &msg.body, props).await {
+            Ok(()) => settler.ack(Outcome::Held).await,
+            Err(e) => {
+                warn!(error = %e, "hold republish not confirmed; requeueing the message");
+                settler.requeue().await
+            }
+        }
+    }
+}
+
+/// The copy as it can be published: one header frame over the connection's
+/// frame size would make the broker close the publishing connection.
+fn fit_frame(props: BasicProperties, publisher: &Publisher) -> BasicProperties {
+    let (props, dropped) = fields::fit_frame(props, publisher.frame_max());
+    if !dropped.is_empty() {
+        warn!(
+            ?dropped,
+            frame_max = publisher.frame_max(),
+            "headers left out of the copy so that it fits the frame size (listed in x-bridge-headers-dropped)"
+        );
+    }
+    props
 }
 
 /// The per-target latencies of the log line, as one value
@@ -248,6 +313,9 @@ impl DeliveryHandler {
 struct Latencies<'a> {
     endpoints: &'a [Endpoint],
     calls: &'a [Option<CallReport>],
+    /// What was done before this delivery; a target neither in it nor
+    /// called to its end was stopped.
+    done: &'a TargetSet,
 }
 
 impl fmt::Display for Latencies<'_> {
@@ -263,7 +331,10 @@ impl fmt::Display for Latencies<'_> {
                     endpoint.name(),
                     report.elapsed.as_secs_f64() * 1000.0
                 )?,
-                None => write!(f, "{}=done", endpoint.name())?,
+                None if self.done.contains(endpoint.name().as_str()) => {
+                    write!(f, "{}=done", endpoint.name())?;
+                }
+                None => write!(f, "{}=stopped", endpoint.name())?,
             }
         }
         Ok(())

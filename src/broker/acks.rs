@@ -7,7 +7,10 @@
 //!
 //! Every delivery of the channel is [`registered`](Acks::register) when it is
 //! taken from the consumer, in tag order, and leaves the set only once a frame
-//! that settles it was handed to the channel. A multiple ack never crosses a
+//! that settles it was handed to the channel. An ack whose frame failed on a
+//! channel that stays open is not settled: its tag stays, and the next
+//! multiple ack that reaches over it settles it (its delivery is then acked,
+//! not requeued); until then, or until the channel ends, its delivery waits. A multiple ack never crosses a
 //! tag that is still held (in a delivery task, or having its nack sent) or
 //! whose fate is unknown (a nack that failed; a tag that was never
 //! registered), so it never settles a message nobody decided. Nacks are never
@@ -70,13 +73,19 @@ enum Slot {
     Held,
     /// Its ack is wanted; the sender gets what became of it.
     Ready(oneshot::Sender<AckResult>),
+    /// Its ack frame failed and the channel is still open: the broker may
+    /// not have it. It is not sent again alone (had the frame gone out
+    /// after all, a second ack of the tag would close the channel), but a
+    /// later multiple ack covers it, harmlessly either way, and answers it.
+    Failed(oneshot::Sender<AckResult>),
 }
 
 /// One frame the flusher sends, and who waits for it.
 struct Frame {
     tag: u64,
     multiple: bool,
-    waiters: Vec<oneshot::Sender<AckResult>>,
+    /// The tags it settles, with who waits for each.
+    waiters: Vec<(u64, oneshot::Sender<AckResult>)>,
 }
 
 impl Acks {
@@ -203,9 +212,22 @@ impl Inner {
             Err(_) if !self.channel.status().connected() => Ok(false),
             Err(e) => Err(e),
         };
-        for waiter in frame.waiters {
-            let _ = waiter.send(result.clone());
+        answer(&mut self.lock(), frame, result);
+    }
+}
+
+/// Answers the waiters of a sent `frame` with `result`, except when an ack
+/// failed on a channel that is still open: those tags go back as
+/// [`Slot::Failed`], for a later multiple ack to settle.
+fn answer(state: &mut State, frame: Frame, result: AckResult) {
+    if result.is_err() && !state.closed {
+        for (tag, tx) in frame.waiters {
+            state.unsettled.insert(tag, Slot::Failed(tx));
         }
+        return;
+    }
+    for (_, tx) in frame.waiters {
+        let _ = tx.send(result.clone());
     }
 }
 
@@ -215,26 +237,43 @@ fn take_ready(state: &mut State) -> Vec<Frame> {
     // Still at the bottom of the unsettled tags (nothing held below)?
     let mut bottom = state.multiple_ok;
     let mut taken = Vec::new();
+    // The highest ready tag of the run at the bottom: a failed ack below it
+    // rides along in its multiple ack; one above it waits.
+    let mut run_top = None;
     for (&tag, slot) in &state.unsettled {
         match slot {
             Slot::Held => bottom = false,
-            Slot::Ready(_) => taken.push((tag, bottom)),
+            Slot::Ready(_) => {
+                if bottom {
+                    run_top = Some(tag);
+                }
+                taken.push((tag, bottom));
+            }
+            Slot::Failed(_) if bottom => taken.push((tag, true)),
+            Slot::Failed(_) => {}
         }
     }
     for (tag, bottom) in taken {
-        let Some(Slot::Ready(tx)) = state.unsettled.remove(&tag) else {
-            continue;
+        let covered = bottom && run_top.is_some_and(|top| tag <= top);
+        let tx = match state.unsettled.remove(&tag) {
+            Some(Slot::Ready(tx)) => tx,
+            Some(Slot::Failed(tx)) if covered => tx,
+            Some(slot) => {
+                state.unsettled.insert(tag, slot);
+                continue;
+            }
+            None => continue,
         };
         match frames.last_mut() {
             // The run at the bottom grows: one multiple ack up to here.
-            Some(last) if bottom && last.multiple => {
+            Some(last) if covered && last.multiple => {
                 last.tag = tag;
-                last.waiters.push(tx);
+                last.waiters.push((tag, tx));
             }
             _ => frames.push(Frame {
                 tag,
-                multiple: bottom,
-                waiters: vec![tx],
+                multiple: covered,
+                waiters: vec![(tag, tx)],
             }),
         }
     }
@@ -264,7 +303,7 @@ async fn flusher(inner: Arc<Inner>, token: CancellationToken) {
     let mut state = inner.lock();
     state.closed = true;
     state.unsettled.retain(|_, slot| {
-        if let Slot::Ready(_) = slot {
+        if let Slot::Ready(_) | Slot::Failed(_) = slot {
             // Dropping the sender answers "not sent".
             return false;
         }
@@ -337,5 +376,74 @@ mod tests {
             frames(&[(1, true), (2, true)], false),
             vec![(1, false, 1), (2, false, 1)]
         );
+    }
+
+    #[test]
+    fn a_failed_ack_later_covered_by_a_multiple_ack_is_answered_acked() {
+        // 2 is ready above a held 1: it goes out alone, and that frame fails.
+        let (mut st, mut rxs) = state(&[(1, false), (2, true), (3, false)]);
+        let mut frames = take_ready(&mut st);
+        assert_eq!(frames.len(), 1);
+        let failed = lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+            lapin::ChannelState::Error,
+            "basic.ack",
+        ));
+        answer(&mut st, frames.remove(0), Err(failed));
+        let mut rx2 = rxs.remove(0);
+        assert!(
+            rx2.try_recv().is_err(),
+            "not answered while a later multiple ack may still cover it"
+        );
+        // Nothing else ready: the failed ack is not sent again alone.
+        assert!(take_ready(&mut st).is_empty());
+
+        // 1 and 3 become ready: one multiple ack up to 3 covers 2 too.
+        let mut rx1 = ready(&mut st, 1);
+        let mut rx3 = ready(&mut st, 3);
+        let frames = take_ready(&mut st);
+        assert_eq!(
+            frames
+                .iter()
+                .map(|f| (f.tag, f.multiple, f.waiters.len()))
+                .collect::<Vec<_>>(),
+            vec![(3, true, 3)]
+        );
+        for frame in frames {
+            answer(&mut st, frame, Ok(true));
+        }
+        for rx in [&mut rx1, &mut rx2, &mut rx3] {
+            assert!(matches!(rx.try_recv(), Ok(Ok(true))), "counted acked");
+        }
+        assert!(st.unsettled.is_empty());
+    }
+
+    #[test]
+    fn a_failed_ack_above_the_run_waits_and_the_session_end_answers_not_sent() {
+        let (mut st, mut rxs) = state(&[(1, false), (2, true)]);
+        let frame = take_ready(&mut st).remove(0);
+        let failed = lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+            lapin::ChannelState::Error,
+            "basic.ack",
+        ));
+        answer(&mut st, frame, Err(failed));
+        // 1 alone is ready: its ack does not reach over 2.
+        let _rx1 = ready(&mut st, 1);
+        let frames = take_ready(&mut st);
+        assert_eq!(
+            frames
+                .iter()
+                .map(|f| (f.tag, f.multiple))
+                .collect::<Vec<_>>(),
+            vec![(1, false)]
+        );
+        assert!(matches!(st.unsettled.get(&2), Some(Slot::Failed(_))));
+        st.unsettled.clear();
+        assert!(rxs.remove(0).try_recv().is_err(), "dropped: not sent");
+    }
+
+    fn ready(st: &mut State, tag: u64) -> oneshot::Receiver<AckResult> {
+        let (tx, rx) = oneshot::channel();
+        st.unsettled.insert(tag, Slot::Ready(tx));
+        rx
     }
 }

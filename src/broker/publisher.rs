@@ -54,6 +54,8 @@ pub struct Publisher {
     serial: tokio::sync::Mutex<()>,
     /// The worker's topology, to declare the DLQ again when it was deleted.
     topology: Option<BrokerConfig>,
+    /// The connection's negotiated frame size: no header frame may exceed it.
+    frame_max: u32,
 }
 
 /// At most this many pooled channels (publishes in flight) at once: far
@@ -74,6 +76,7 @@ impl Publisher {
             channels: tokio::sync::Semaphore::new(MAX_CHANNELS),
             serial: tokio::sync::Mutex::default(),
             topology: None,
+            frame_max: conn.configuration().frame_max(),
         })
     }
 
@@ -88,6 +91,7 @@ impl Publisher {
         confirm_timeout: Duration,
     ) -> Result<Self, BrokerError> {
         let channel = confirm_channel(&conn, confirm_timeout).await?;
+        let frame_max = conn.configuration().frame_max();
         Ok(Publisher {
             channel,
             confirm_timeout,
@@ -96,12 +100,18 @@ impl Publisher {
             channels: tokio::sync::Semaphore::new(MAX_CHANNELS),
             serial: tokio::sync::Mutex::default(),
             topology: Some(topology),
+            frame_max,
         })
     }
 
     pub fn is_open(&self) -> bool {
         self.channel.status().connected()
             && self.conn.as_ref().is_none_or(|c| c.status().connected())
+    }
+
+    /// The publishing connection's negotiated frame size (0: no limit).
+    pub fn frame_max(&self) -> u32 {
+        self.frame_max
     }
 
     pub fn channel(&self) -> &Channel {

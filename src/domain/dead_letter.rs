@@ -16,6 +16,9 @@ pub const DEAD_LETTERED_AT: &str = "x-bridge-dead-lettered-at";
 /// How many times `dlq replay` or `dlq import` sent the message back before;
 /// the worker keeps it on a new DLQ copy, so a repeated failure stands out.
 pub const REPLAYS: &str = "x-bridge-replays";
+/// On a DLQ or hold copy: the original headers left out so that the copy
+/// fits the connection's frame size (comma-separated names).
+pub const HEADERS_DROPPED: &str = "x-bridge-headers-dropped";
 
 /// Prefix shared by every header this program writes.
 pub const PREFIX: &str = "x-bridge-";

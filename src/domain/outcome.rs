@@ -55,6 +55,11 @@ pub enum Disposition {
     /// Only transient failures under the `hold` policy: back to the inbound
     /// queue with the targets that accepted it, then ack, and pause.
     Hold { done: TargetSet },
+    /// Its calls were stopped before they all ended (intake resumes after a
+    /// hold pause and this delivery outlived the grace): back to the inbound
+    /// queue with the targets that accepted it so far, then ack, without a
+    /// new pause. Handing it back instead would lose that record.
+    Return { done: TargetSet },
 }
 
 /// What the DLQ headers say about a dead-lettered message.

@@ -230,9 +230,9 @@ impl Supervisor {
                 }
             }
             // The old consumer's tasks must be gone before the new consumer
-            // gets a fresh prefetch window: they may still finish (and hold
-            // their messages with the targets done so far) for a moment, then
-            // what they still hold goes back to the queue.
+            // gets a fresh prefetch window: they may still finish for a
+            // moment, then they stop their calls and hold their messages with
+            // the targets done so far.
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return End::Shutdown,
@@ -257,7 +257,8 @@ impl Supervisor {
         // Boxed once here: the handler's future is several kilobytes, and
         // every wrapper below (guard, in-flight scope, tracker, the task
         // itself) would otherwise copy it whole.
-        let handled = Box::pin(handler.handle(delivery, publisher, acks.clone()));
+        let handled =
+            Box::pin(handler.handle(delivery, publisher, acks.clone(), tasks.wrap_up.clone()));
         let task = guard_delivery(handled, Settle { acks, tag, acker }, channel, token);
         tasks
             .tasks

@@ -25,23 +25,42 @@ const ABANDON_WAIT: Duration = Duration::from_secs(5);
 /// past the prefetch.
 pub(super) struct ConsumerTasks {
     pub(super) token: CancellationToken,
+    /// Asks the handlers to stop their calls and settle what they have.
+    pub(super) wrap_up: CancellationToken,
     pub(super) tasks: TaskTracker,
 }
+
+/// How long handlers asked to wrap up may take to settle (a republish and
+/// its confirm) before what is left is handed back.
+const WRAP_UP_WAIT: Duration = Duration::from_secs(20);
 
 impl ConsumerTasks {
     pub(super) fn new(session: &Session) -> Self {
         ConsumerTasks {
             token: session.token.child_token(),
+            wrap_up: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
     }
 
     /// Lets the tasks finish on their own for up to `grace` (their channel
-    /// is alive and no consumer takes new messages meanwhile), then abandons
-    /// the rest.
+    /// is alive and no consumer takes new messages meanwhile), then has the
+    /// rest stop their calls and settle (back to the queue with the targets
+    /// done so far: a nack would lose that record, and call those APIs
+    /// again), and abandons what still runs after that.
     pub(super) async fn finish(self, grace: Duration) {
         self.tasks.close();
-        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            debug!(
+                running = self.tasks.len(),
+                "deliveries outlived the grace: stopping their calls"
+            );
+            self.wrap_up.cancel();
+            let _ = tokio::time::timeout(WRAP_UP_WAIT, self.tasks.wait()).await;
+        }
         self.abandon().await;
     }
 

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use fanout_bridge::metrics::Outcome;
-use lapin::{options::BasicPublishOptions, BasicProperties};
+use lapin::{options::BasicPublishOptions, types::AMQPValue, BasicProperties};
 
 use crate::helpers::*;
 
@@ -137,4 +137,115 @@ async fn a_header_frame_bigger_than_the_send_buffer_goes_out_whole() {
         outcome.expect_err("RabbitMQ accepted a frame over its frame_max")
     );
     assert!(error.contains("frame_too_large"), "{error}");
+}
+
+/// One header of 130,900 bytes: the message fits RabbitMQ's 128 KiB frame on
+/// its way in, its copy with the `x-bridge-*` headers added would not.
+const NEARLY_A_FRAME: usize = 130_900;
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Waits until `done`, failing as soon as the worker's broker connection
+/// drops (an oversized header frame makes RabbitMQ close it).
+async fn wait_connected(what: &str, watch: &ConnectionWatch, done: impl Fn() -> bool) {
+    wait_until(what, DEADLINE, || {
+        assert!(
+            !watch.dropped(),
+            "the worker lost its broker connection (bridge_broker_connected left 1)"
+        );
+        let done = done();
+        async move { done }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dlq_copy_too_big_for_the_frame_leaves_the_largest_header_out() {
+    let broker = Broker::new("fitdlq").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    log.always(Reply::status(422));
+    let worker = Worker::start(&broker, fast_settings(&user, &log)).await;
+    let watch = ConnectionWatch::start(&worker.metrics);
+    let baggage = "b".repeat(NEARLY_A_FRAME);
+    let body = b"{\"n\":1, \"kept\": \"byte for byte\"}\n";
+    let mut props = with_baggage("fit-1", &baggage);
+    let mut table = props.headers().clone().unwrap();
+    table.insert("tenant".into(), AMQPValue::LongString("acme".into()));
+    props = props.with_headers(table);
+    broker.publish(body, props).await;
+    // The message behind it must not wait for a reconnect.
+    broker
+        .publish(b"{\"n\":2}", with_baggage("fit-2", "small"))
+        .await;
+    wait_connected("both dead-lettered", &watch, || {
+        worker.count(Outcome::DeadLettered) == 2
+    })
+    .await;
+    assert_eq!(worker.count(Outcome::Requeued), 0);
+    assert!(!watch.dropped(), "the worker kept its broker connection");
+    worker.stop().await;
+
+    let dead = broker.drain(&broker.dlq).await;
+    assert_eq!(dead.len(), 2);
+    let d = dead
+        .iter()
+        .find(|d| d.properties.message_id().as_ref().map(|m| m.as_str()) == Some("fit-1"))
+        .expect("the big one's copy, message_id kept");
+    assert_eq!(&d.data[..], &body[..], "the body, byte for byte");
+    assert_eq!(header_text(d, "x-baggage"), None);
+    assert_eq!(
+        header_text(d, "x-bridge-headers-dropped").as_deref(),
+        Some("x-baggage")
+    );
+    assert_eq!(header_text(d, "tenant").as_deref(), Some("acme"));
+    assert_eq!(
+        header_text(d, "x-bridge-reason").as_deref(),
+        Some("api_failed")
+    );
+    let other = dead
+        .iter()
+        .find(|d| d.properties.message_id().as_ref().map(|m| m.as_str()) == Some("fit-2"))
+        .unwrap();
+    assert_eq!(header_text(other, "x-baggage").as_deref(), Some("small"));
+    assert_eq!(header_text(other, "x-bridge-headers-dropped"), None);
+    assert_eq!(broker.depth(&broker.queue).await, 0);
+}
+
+#[tokio::test]
+async fn a_hold_copy_too_big_for_the_frame_leaves_the_largest_header_out() {
+    let broker = Broker::new("fithold").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    // Logging is down for the big message's two attempts.
+    log.then(Reply::status(503)).then(Reply::status(503));
+    let mut settings = fast_settings(&user, &log);
+    settings.push(("BRIDGE_OUTAGE_POLICY".into(), "hold".into()));
+    settings.push(("BRIDGE_OUTAGE_PAUSE_MS".into(), "300".into()));
+    settings.push(("BRIDGE_MAX_ATTEMPTS".into(), "2".into()));
+    let worker = Worker::start(&broker, settings).await;
+    let watch = ConnectionWatch::start(&worker.metrics);
+    // The hold copy adds only x-bridge-done-targets (42 bytes): 131,000
+    // bytes of baggage leave the message 21 bytes under the frame on its way
+    // in and its hold copy 21 over.
+    let baggage = "h".repeat(131_000);
+    broker
+        .publish(b"{\"held\":1}", with_baggage("fit-held", &baggage))
+        .await;
+    wait_connected("held", &watch, || worker.count(Outcome::Held) == 1).await;
+    broker
+        .publish(b"{\"n\":2}", with_baggage("fit-next", "small"))
+        .await;
+    wait_connected("both acked after the pause", &watch, || {
+        worker.count(Outcome::Acked) == 2
+    })
+    .await;
+    assert_eq!(worker.count(Outcome::Requeued), 0);
+    worker.stop().await;
+
+    assert_eq!(
+        user.per_key().get("fit-held"),
+        Some(&1),
+        "the held copy kept its done target"
+    );
+    assert_eq!(log.per_key().get("fit-held"), Some(&3));
+    assert_eq!(broker.depth(&broker.dlq).await, 0);
+    assert_eq!(broker.depth(&broker.queue).await, 0);
 }

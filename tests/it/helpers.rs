@@ -7,7 +7,10 @@ use std::{
     collections::VecDeque,
     future::Future,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -284,6 +287,42 @@ pub fn header_int(d: &lapin::message::Delivery, key: &str) -> Option<i64> {
     fanout_bridge::broker::fields::header_int(d.properties.headers().as_ref(), key)
 }
 
+// === Connection watch ===
+
+/// Samples `bridge_broker_connected` every few milliseconds: a dropped
+/// connection keeps it at 0 for the reconnect backoff (at least 250 ms).
+pub struct ConnectionWatch {
+    dropped: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConnectionWatch {
+    pub fn start(metrics: &Metrics) -> ConnectionWatch {
+        let gauge = metrics.broker_connected.clone();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&dropped);
+        let task = tokio::spawn(async move {
+            loop {
+                if gauge.get() != 1 {
+                    flag.store(true, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        ConnectionWatch { dropped, task }
+    }
+
+    pub fn dropped(&self) -> bool {
+        self.dropped.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ConnectionWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 // === Fake APIs ===
 
 /// One answer of a fake API.
@@ -340,7 +379,11 @@ impl Received {
 #[derive(Default)]
 struct FakeState {
     received: Mutex<Vec<Received>>,
+    /// Idempotency-Keys of the requests as they arrive (before answering).
+    arrived: Mutex<Vec<String>>,
     script: Mutex<VecDeque<Reply>>,
+    /// Answers for the requests of one Idempotency-Key, before the script.
+    by_key: Mutex<std::collections::HashMap<String, VecDeque<Reply>>>,
     default: Mutex<Option<Reply>>,
 }
 
@@ -372,6 +415,25 @@ impl FakeApi {
     pub fn then(&self, reply: Reply) -> &Self {
         self.state.script.lock().unwrap().push_back(reply);
         self
+    }
+
+    /// Answers `reply` to the next request carrying Idempotency-Key `key`,
+    /// whatever the order of arrival of other messages' requests.
+    pub fn for_key(&self, key: &str, reply: Reply) -> &Self {
+        self.state
+            .by_key
+            .lock()
+            .unwrap()
+            .entry(key.to_owned())
+            .or_default()
+            .push_back(reply);
+        self
+    }
+
+    /// Whether a request with Idempotency-Key `key` has arrived (answered or
+    /// not).
+    pub fn arrived(&self, key: &str) -> bool {
+        self.state.arrived.lock().unwrap().iter().any(|k| k == key)
     }
 
     /// Answers `reply` once the script is used up (200 until set).
@@ -410,11 +472,19 @@ async fn answer(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    let reply = state
-        .script
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    state.arrived.lock().unwrap().push(key.clone());
+    let for_key = state
+        .by_key
         .lock()
         .unwrap()
-        .pop_front()
+        .get_mut(&key)
+        .and_then(VecDeque::pop_front);
+    let reply = for_key
+        .or_else(|| state.script.lock().unwrap().pop_front())
         .or_else(|| state.default.lock().unwrap().clone())
         .unwrap_or_else(Reply::ok);
     if !reply.delay.is_zero() {

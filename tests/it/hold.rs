@@ -113,3 +113,54 @@ async fn hold_with_three_targets_calls_only_the_one_that_was_down() {
     assert_eq!((user.count(), log.count(), crm.count()), (1, 1, 3));
     assert_eq!(broker.depth(&broker.dlq).await, 0);
 }
+
+/// A delivery still calling an API when intake resumes after a hold pause
+/// (past the grace) goes back to the queue with the targets that already
+/// accepted it: handed back instead, it lost that record and the API that had
+/// accepted it was called again.
+#[tokio::test]
+async fn a_delivery_outliving_the_pause_keeps_its_done_targets() {
+    let broker = Broker::new("holdgrace").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    // Logging answers "slow" only long after the pause and its 5 s grace.
+    log.for_key("slow", Reply::ok().delay(Duration::from_secs(15)));
+    // ... and is down for "down"'s two attempts: that one triggers the hold.
+    log.for_key("down", Reply::status(503))
+        .for_key("down", Reply::status(503));
+    let mut settings = fast_settings(&user, &log);
+    settings.push(("BRIDGE_OUTAGE_POLICY".into(), "hold".into()));
+    settings.push(("BRIDGE_OUTAGE_PAUSE_MS".into(), "300".into()));
+    settings.push(("BRIDGE_MAX_ATTEMPTS".into(), "2".into()));
+    settings.push(("BRIDGE_HTTP_TIMEOUT_MS".into(), "30000".into()));
+    let worker = Worker::start(&broker, settings).await;
+
+    let id = |id: &str| BasicProperties::default().with_message_id(id.into());
+    broker.publish(b"{}", id("slow")).await;
+    wait_until(
+        "slow: user-management accepted it, logging is answering",
+        Duration::from_secs(10),
+        || {
+            let mid_flight = user.keys().contains("slow") && log.arrived("slow");
+            async move { mid_flight }
+        },
+    )
+    .await;
+    broker.publish(b"{}", id("down")).await;
+    wait_until("both acked", Duration::from_secs(30), || {
+        let acked = worker.count(Outcome::Acked);
+        async move { acked == 2 }
+    })
+    .await;
+    let worker_held = worker.count(Outcome::Held);
+    worker.stop().await;
+
+    let per_user_key = user.per_key();
+    assert_eq!(
+        (per_user_key.get("slow"), per_user_key.get("down")),
+        (Some(&1), Some(&1)),
+        "user-management called again: {per_user_key:?}"
+    );
+    assert_eq!(worker_held, 2, "both went back with their done targets");
+    assert_eq!(broker.depth(&broker.queue).await, 0);
+    assert_eq!(broker.depth(&broker.dlq).await, 0);
+}

@@ -10,16 +10,9 @@
 //! (dead-lettered `invalid_payload`, which proves that lapin can serialise
 //! what it parsed), then normal messages.
 
-use std::{
-    collections::HashSet,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{collections::HashSet, time::Duration};
 
-use fanout_bridge::metrics::{Metrics, Outcome};
+use fanout_bridge::metrics::Outcome;
 use lapin::{message::Delivery, types::AMQPValue};
 
 use crate::{
@@ -29,40 +22,6 @@ use crate::{
 
 const NORMAL: usize = 3;
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// Samples `bridge_broker_connected` every few milliseconds: a dropped
-/// connection keeps it at 0 for the reconnect backoff (at least 250 ms).
-struct ConnectionWatch {
-    dropped: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ConnectionWatch {
-    fn start(metrics: &Metrics) -> ConnectionWatch {
-        let gauge = metrics.broker_connected.clone();
-        let dropped = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&dropped);
-        let task = tokio::spawn(async move {
-            loop {
-                if gauge.get() != 1 {
-                    flag.store(true, Ordering::SeqCst);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        ConnectionWatch { dropped, task }
-    }
-
-    fn dropped(&self) -> bool {
-        self.dropped.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for ConnectionWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// A running worker on fresh queues, watched for reconnects.
 struct Case {
