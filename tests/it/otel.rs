@@ -2,6 +2,10 @@
 //! process-wide) and exports to an OTLP/HTTP receiver started here, which
 //! decodes the protobuf and records every span; over HTTPS, the receiver sits
 //! behind a TLS terminator with a certificate of a private CA.
+//!
+//! `.ci/run` also runs these against the binary built with the release
+//! feature set (`BRIDGE_TEST_BIN`): the HTTPS cases are the ones that broke
+//! there while passing under `cargo test`.
 
 use std::{
     collections::HashMap,
