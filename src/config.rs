@@ -105,6 +105,12 @@ impl RawConfig {
         }
     }
 
+    /// `BRIDGE_CA_FILE`, for the OTLP exporter, which is set up before the
+    /// rest of the configuration is checked.
+    pub fn ca_file(&self) -> Option<&str> {
+        self.get(table::CA_FILE.name)
+    }
+
     /// The trimmed value of `variable`; empty counts as unset (`BRIDGE_X=` in
     /// a compose file means "not set").
     fn get(&self, variable: &str) -> Option<&str> {

@@ -156,20 +156,12 @@ impl TlsSettings {
     /// # Errors
     /// When rustls refuses material that [`load`] accepted (not expected).
     pub fn http(&self) -> anyhow::Result<rustls::ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        // Platform stores often hold a few certificates rustls cannot parse
-        // (ancient roots without extensions): skipped, as browsers do.
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
+        let mut roots = platform_roots();
         let m = self.inner.as_deref();
         for cert in m.map(|m| m.ca_certs.as_slice()).unwrap_or_default() {
             roots.add(cert.clone())?;
         }
-        let builder =
-            rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots);
+        let builder = client_builder()?.with_root_certificates(roots);
         let config = match m.and_then(|m| m.identity.as_ref()) {
             None => builder.with_no_client_auth(),
             Some(id) => {
@@ -199,6 +191,44 @@ impl TlsSettings {
             cert_chain: m.ca_pem.clone(),
         }
     }
+}
+
+/// The platform's trust anchors (rustls-native-certs).
+pub fn platform_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    // Platform stores often hold a few certificates rustls cannot parse
+    // (ancient roots without extensions): skipped, as browsers do.
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    roots
+}
+
+/// Reads a PEM file of CA certificates, each checked as a trust anchor. The
+/// error does not name a variable: the caller knows which one it read.
+///
+/// # Errors
+/// A file that cannot be read, holds no PEM certificate, or a certificate
+/// rustls cannot use as a CA.
+pub fn read_cas(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    load_cas(path).map(|(_, certs)| certs)
+}
+
+/// A client configuration trusting exactly `roots`, with no client
+/// certificate; ring, TLS 1.2 and 1.3, as for the APIs.
+///
+/// # Errors
+/// When rustls refuses the protocol versions (not expected).
+pub fn client_config(roots: RootCertStore) -> Result<rustls::ClientConfig, rustls::Error> {
+    Ok(client_builder()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn client_builder(
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, rustls::Error> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Proxies for the APIs, from the variables curl reads: `HTTPS_PROXY` for
 //! `https://` targets, `HTTP_PROXY` for `http://` targets, `ALL_PROXY` for
 //! either when its own is unset, `NO_PROXY` for the hosts that go direct;
-//! each also in lower case (upper case wins). Only `http://` proxies (or a
+//! each also in lower case (upper case wins unless it is empty). Only `http://` proxies (or a
 //! bare `host:port`); a value that is not one exits 2 naming the variable,
 //! rather than being skipped and the target called directly.
 
@@ -59,11 +59,15 @@ impl ProxyConfig {
         if vars.contains_key("REQUEST_METHOD") {
             return Ok(ProxyConfig::default());
         }
+        // An empty value counts as unset, as curl's getenv does: `NO_PROXY=`
+        // left behind by a wrapper script must not hide the `no_proxy` that
+        // names the hosts to reach directly (nor `HTTPS_PROXY=` its pair).
         let first = |upper: &'static str, lower: &'static str| {
-            [upper, lower]
-                .into_iter()
-                .find_map(|name| vars.get(name).map(|v| (name, v.trim().to_owned())))
-                .filter(|(_, v)| !v.is_empty())
+            [upper, lower].into_iter().find_map(|name| {
+                vars.get(name)
+                    .map(|v| (name, v.trim().to_owned()))
+                    .filter(|(_, v)| !v.is_empty())
+            })
         };
         let config = ProxyConfig {
             all: first("ALL_PROXY", "all_proxy"),
@@ -159,6 +163,41 @@ mod tests {
         );
         assert_eq!(proxy_for(&c, "https://a.internal.test/x"), None);
         assert_eq!(proxy_for(&c, "http://10.1.2.3/x"), None);
+    }
+
+    #[test]
+    fn an_empty_upper_case_variable_counts_as_unset() {
+        let c = read(&[
+            ("HTTPS_PROXY", "http://proxy:3128"),
+            ("NO_PROXY", ""),
+            ("no_proxy", "internal.test"),
+        ])
+        .unwrap();
+        assert_eq!(proxy_for(&c, "https://a.internal.test/x"), None);
+        assert_eq!(
+            proxy_for(&c, "https://api.test/x").as_deref(),
+            Some("http://proxy:3128/")
+        );
+        let c = read(&[
+            ("HTTPS_PROXY", " "),
+            ("https_proxy", "http://secure:3128"),
+            ("HTTP_PROXY", ""),
+            ("http_proxy", "http://plain:3128"),
+        ])
+        .unwrap();
+        assert_eq!(
+            proxy_for(&c, "https://api.test/x").as_deref(),
+            Some("http://secure:3128/")
+        );
+        assert_eq!(
+            proxy_for(&c, "http://api.test/x").as_deref(),
+            Some("http://plain:3128/")
+        );
+        let c = read(&[("ALL_PROXY", ""), ("all_proxy", "http://all:3128")]).unwrap();
+        assert_eq!(
+            proxy_for(&c, "https://api.test/x").as_deref(),
+            Some("http://all:3128/")
+        );
     }
 
     #[test]

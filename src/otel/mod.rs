@@ -15,6 +15,7 @@
 //! When the variables are unset nothing is installed: no layer, no thread, and
 //! the helpers below return at the first branch.
 
+mod client;
 mod dropped;
 mod spans;
 
@@ -31,6 +32,7 @@ use std::{
 };
 
 use opentelemetry::{trace::TracerProvider as _, KeyValue};
+use opentelemetry_otlp::WithHttpConfig;
 use opentelemetry_sdk::{
     trace::{BatchConfigBuilder, SdkTracerProvider},
     Resource,
@@ -65,10 +67,14 @@ fn var(name: &str) -> Option<String> {
 /// Call it before the async runtime starts (the OTLP client is blocking and
 /// runs on the exporter's own thread).
 ///
+/// `ca_file` is `BRIDGE_CA_FILE`, trusted for an `https://` collector on top
+/// of the platform's roots (unless `OTEL_EXPORTER_OTLP_CERTIFICATE` is set).
+///
 /// # Errors
-/// An endpoint that is not an http(s) URL, or an exporter that cannot be built;
-/// the message names the variable.
-pub fn layer() -> Result<Option<OtelLayer>, String> {
+/// An endpoint that is not an http(s) URL, a certificate file that is not
+/// usable, or an exporter that cannot be built; the message names the
+/// variable.
+pub fn layer(ca_file: Option<&str>) -> Result<Option<OtelLayer>, String> {
     let endpoint = match (var(TRACES_ENDPOINT), var(ENDPOINT)) {
         (Some(e), _) => (TRACES_ENDPOINT, e),
         (None, Some(e)) => (ENDPOINT, e),
@@ -109,10 +115,12 @@ pub fn layer() -> Result<Option<OtelLayer>, String> {
             _ => return Err(format!("{MAX_QUEUE_SIZE}={v:?} is not a positive number")),
         },
     };
-    // The endpoint, headers, timeout and compression come from the standard
-    // OTEL_EXPORTER_OTLP_* variables, read by the exporter itself.
+    // The endpoint, headers and compression come from the standard
+    // OTEL_EXPORTER_OTLP_* variables, read by the exporter itself; the
+    // client's trust and timeout from ours (client.rs).
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_http_client(client::build(ca_file)?)
         .build()
         .map_err(|e| format!("{}: cannot build the OTLP exporter ({e})", endpoint.0))?;
     // OTEL_BSP_* are read by the default; the queue size is the one we bound.

@@ -23,7 +23,7 @@ pub fn init_for(
 ) -> Result<(), String> {
     let format = raw.log_format().map_err(|e| e.to_string())?;
     let traces = if matches!(command, crate::cli::Command::Run) {
-        crate::otel::layer().map_err(|e| format!("invalid configuration: {e}"))?
+        crate::otel::layer(raw.ca_file()).map_err(|e| format!("invalid configuration: {e}"))?
     } else {
         None
     };

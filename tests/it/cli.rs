@@ -202,13 +202,13 @@ async fn dlq_stats_peek_and_replay_without_calling_the_done_api_again() {
 #[tokio::test]
 async fn demo_api_answers_posts_on_any_path_and_fails_on_command() {
     let port = free_port();
-    let mut ok = tokio::process::Command::new(BIN)
+    let mut ok = tokio::process::Command::new(bin())
         .args(["demo-api", "--listen", &format!("127.0.0.1:{port}")])
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let fail_port = free_port();
-    let mut failing = tokio::process::Command::new(BIN)
+    let mut failing = tokio::process::Command::new(bin())
         .args([
             "demo-api",
             "--listen",
@@ -253,7 +253,7 @@ async fn demo_api_answers_posts_on_any_path_and_fails_on_command() {
 async fn demo_prints_a_tally_and_runs_until_ctrl_c() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let broker = Broker::new("demo").await;
-    let mut child = tokio::process::Command::new(BIN)
+    let mut child = tokio::process::Command::new(bin())
         .args(["demo", "--count", "200"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

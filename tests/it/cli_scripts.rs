@@ -433,7 +433,7 @@ async fn run_help_lists_every_setting_with_its_default() {
 async fn text_logs_have_no_colour_off_a_terminal() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let port = free_port();
-    let mut child = tokio::process::Command::new(BIN)
+    let mut child = tokio::process::Command::new(bin())
         .args(["demo-api", "--listen", &format!("127.0.0.1:{port}")])
         .env_clear()
         .env("RUST_LOG", "info")

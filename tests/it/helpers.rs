@@ -606,7 +606,16 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 // === The built binary ===
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_fanout-bridge");
+/// The binary under test: `BRIDGE_TEST_BIN` when set, else the one cargo
+/// built for the tests. `cargo test` builds it with the dev-dependencies'
+/// features unified in; `.ci/run` points this at a binary built without them,
+/// as users get it.
+pub fn bin() -> String {
+    std::env::var("BRIDGE_TEST_BIN")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_fanout-bridge").to_owned())
+}
 
 /// A free loopback port (bound, then released).
 /// A port nothing listens on, for connection-refused cases. Not an
@@ -631,7 +640,7 @@ pub async fn run_bin(
     stdin: &[u8],
 ) -> (i32, String, String) {
     use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(BIN)
+    let mut child = tokio::process::Command::new(bin())
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -677,7 +686,7 @@ impl Process {
             "fanout-bridge-test-{}.log",
             uuid::Uuid::new_v4().simple()
         ));
-        let child = std::process::Command::new(BIN)
+        let child = std::process::Command::new(bin())
             .arg("run")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

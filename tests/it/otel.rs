@@ -1,6 +1,11 @@
 //! OpenTelemetry: the worker runs as a process (the tracer provider is
 //! process-wide) and exports to an OTLP/HTTP receiver started here, which
-//! decodes the protobuf and records every span.
+//! decodes the protobuf and records every span; over HTTPS, the receiver sits
+//! behind a TLS terminator with a certificate of a private CA.
+//!
+//! `.ci/run` also runs these against the binary built with the release
+//! feature set (`BRIDGE_TEST_BIN`): the HTTPS cases are the ones that broke
+//! there while passing under `cargo test`.
 
 use std::{
     collections::HashMap,
@@ -17,7 +22,10 @@ use opentelemetry_proto::tonic::{
 use prost::Message;
 use tokio::net::TcpListener;
 
-use crate::helpers::*;
+use crate::{
+    helpers::*,
+    tls::{Pki, Terminator},
+};
 
 /// One span as the receiver got it; ids in lowercase hex.
 #[derive(Clone, Debug)]
@@ -310,4 +318,113 @@ async fn a_bad_otlp_endpoint_is_exit_2_naming_it() {
     let (code, _, err) = run_bin(&["run"], &vars, b"").await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{err}");
+
+    // A certificate file that is not there stops the start, as the other TLS
+    // files do, rather than every export failing later.
+    vars.pop();
+    vars[2].1 = "https://127.0.0.1:4318".into();
+    vars.push((
+        "OTEL_EXPORTER_OTLP_CERTIFICATE".into(),
+        "/nonexistent/otlp-ca.pem".into(),
+    ));
+    let (code, _, err) = run_bin(&["run"], &vars, b"").await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+/// A worker exporting to `https://` the collector behind a terminator with
+/// `pki`'s server certificate; `vars` say which CA to trust. One message goes
+/// through; returns once it is acked.
+async fn over_https(
+    name: &str,
+    pki: &Pki,
+    vars: Vec<(String, String)>,
+) -> (Collector, Terminator, Process) {
+    let (collector, addr) = Collector::start().await;
+    let terminator = Terminator::start(addr, pki.server_config(false)).await;
+    let broker = Broker::new(name).await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    let mut settings = fast_settings(&user, &log);
+    settings.extend(vars);
+    settings.extend([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            format!("https://127.0.0.1:{}", terminator.port()),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+    ]);
+    let worker = Process::start(&broker, settings).await;
+    broker
+        .publish(
+            br#"{"over":"https"}"#,
+            BasicProperties::default().with_message_id(format!("{name}-1").into()),
+        )
+        .await;
+    wait_until("the message is acked", Duration::from_secs(20), || async {
+        worker
+            .metric("bridge_messages_total{outcome=\"acked\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    (collector, terminator, worker)
+}
+
+/// The message span and its two attempts reach the collector, none dropped.
+async fn assert_all_spans_arrive(collector: &Collector, worker: &Process) {
+    // Polled here rather than with wait_until: a failure shows the worker's
+    // log, which says why the exports failed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while collector.spans().len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spans did not arrive over HTTPS: {:?}\n{}",
+            collector.spans(),
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(worker.metric("bridge_otel_spans_dropped_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn an_https_collector_of_a_private_ca_is_trusted_through_bridge_ca_file() {
+    let pki = Pki::new("otel-ca-file");
+    let (collector, _terminator, worker) =
+        over_https("otel.https.ca", &pki, vec![pki.ca_var()]).await;
+    assert_all_spans_arrive(&collector, &worker).await;
+}
+
+#[tokio::test]
+async fn an_https_collector_is_trusted_through_otel_exporter_otlp_certificate() {
+    let pki = Pki::new("otel-certificate");
+    let vars = vec![("OTEL_EXPORTER_OTLP_CERTIFICATE".into(), pki.path("ca.pem"))];
+    let (collector, _terminator, worker) = over_https("otel.https.cert", &pki, vars).await;
+    assert_all_spans_arrive(&collector, &worker).await;
+}
+
+#[tokio::test]
+async fn otel_exporter_otlp_certificate_replaces_the_other_roots() {
+    // BRIDGE_CA_FILE would trust the collector; the OTLP certificate, when
+    // set, is the only trust anchor of the exporter, and it is another CA.
+    let (pki, other) = (Pki::new("otel-right"), Pki::new("otel-other"));
+    let vars = vec![
+        pki.ca_var(),
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE".into(),
+            other.path("ca.pem"),
+        ),
+    ];
+    let (collector, terminator, worker) = over_https("otel.https.only", &pki, vars).await;
+    wait_until(
+        "the spans of the refused handshakes are counted as dropped",
+        Duration::from_secs(20),
+        || async { worker.metric("bridge_otel_spans_dropped_total").await >= 3.0 },
+    )
+    .await;
+    assert!(terminator.failures() >= 1, "no handshake was refused");
+    assert!(collector.spans().is_empty(), "{:?}", collector.spans());
 }

@@ -16,7 +16,7 @@ async fn publish_names_the_lines_that_came_back() {
     broker.declare().await;
     let taker = Taker::start(&broker.queue).await;
 
-    let mut child = tokio::process::Command::new(BIN)
+    let mut child = tokio::process::Command::new(bin())
         .args(["publish", "--format", "json"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

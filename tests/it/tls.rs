@@ -44,14 +44,14 @@ struct Leaf {
 
 /// A CA with a server certificate (127.0.0.1, localhost) and a client
 /// certificate, written as PEM files into a private temporary directory.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
     ca_der: CertificateDer<'static>,
     server: Leaf,
 }
 
 impl Pki {
-    fn new(name: &str) -> Pki {
+    pub(crate) fn new(name: &str) -> Pki {
         let dir = std::env::temp_dir().join(format!(
             "fanout-bridge-tls-{name}-{}",
             uuid::Uuid::new_v4().simple()
@@ -109,12 +109,12 @@ impl Pki {
         path.to_string_lossy().into_owned()
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.join(name).to_string_lossy().into_owned()
     }
 
     /// `BRIDGE_CA_FILE` = this CA.
-    fn ca_var(&self) -> (String, String) {
+    pub(crate) fn ca_var(&self) -> (String, String) {
         ("BRIDGE_CA_FILE".into(), self.path("ca.pem"))
     }
 
@@ -128,7 +128,7 @@ impl Pki {
 
     /// A server configuration with this CA's server certificate; with
     /// `require_client_cert`, only clients with a certificate of this CA get in.
-    fn server_config(&self, require_client_cert: bool) -> Arc<ServerConfig> {
+    pub(crate) fn server_config(&self, require_client_cert: bool) -> Arc<ServerConfig> {
         let provider = Arc::new(ring::default_provider());
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
@@ -162,7 +162,7 @@ impl Drop for Pki {
 
 /// Accepts TLS on 127.0.0.1 and forwards the plaintext to `target`; counts
 /// completed and failed handshakes.
-struct Terminator {
+pub(crate) struct Terminator {
     addr: SocketAddr,
     handshakes: Arc<AtomicUsize>,
     failures: Arc<AtomicUsize>,
@@ -170,7 +170,7 @@ struct Terminator {
 }
 
 impl Terminator {
-    async fn start(target: SocketAddr, config: Arc<ServerConfig>) -> Terminator {
+    pub(crate) async fn start(target: SocketAddr, config: Arc<ServerConfig>) -> Terminator {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -218,12 +218,16 @@ impl Terminator {
         }
     }
 
+    pub(crate) fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     /// An HTTPS URL for a fake API behind this terminator.
     fn https_url(&self) -> String {
         format!("https://127.0.0.1:{}/api", self.addr.port())
     }
 
-    fn failures(&self) -> usize {
+    pub(crate) fn failures(&self) -> usize {
         self.failures.load(Ordering::SeqCst)
     }
 }
