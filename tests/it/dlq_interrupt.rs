@@ -69,7 +69,7 @@ async fn contents(broker: &Broker, duplicates_allowed: bool) -> HashMap<String, 
 }
 
 fn command(args: &[&str], vars: &[(String, String)]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(BIN);
+    let mut cmd = tokio::process::Command::new(bin());
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
