@@ -44,6 +44,11 @@ pub const ERROR_BODY_CAP: usize = 1024;
 /// The same for a success: acknowledgements are small, and a huge one must
 /// not cost memory or hold the call until its timeout.
 pub const SUCCESS_BODY_CAP: usize = 64 * 1024;
+/// How long the body after a response head may take (capped by the attempt
+/// timeout). The outcome is already known from the status; this only bounds
+/// the wait for the connection to be reusable, so it is short: a small
+/// acknowledgement arrives with its head or a round trip later.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One target, with everything its requests need built once at startup.
 pub struct Endpoint {
@@ -96,7 +101,8 @@ pub struct ApiClient {
     /// Whether any target takes the envelope, so it is built only then.
     needs_envelope: bool,
     max_attempts: u32,
-    /// Bounds one attempt, from connecting to the end of the response body.
+    /// Bounds one attempt, from connecting to the response head; the body
+    /// has its own [`BODY_READ_TIMEOUT`].
     timeout: Duration,
     backoff: Backoff,
 }
@@ -293,8 +299,8 @@ impl ApiClient {
         }
     }
 
-    /// One HTTP attempt, bounded by the timeout from connecting to the end
-    /// of the response body. A redirect is never followed: a 3xx is a
+    /// One HTTP attempt, bounded by the timeout from connecting to the
+    /// response head; its status decides the outcome. A redirect is never followed: a 3xx is a
     /// permanent failure (classify_status), since following one would turn
     /// the POST into a bodiless GET elsewhere whose 200 would ack a message
     /// the API never received. On failure: its kind, a short description,
@@ -324,46 +330,60 @@ impl ApiClient {
         // With OpenTelemetry on, the API gets the attempt's span as its parent
         // instead of the message's traceparent.
         crate::otel::inject(span, request_headers);
-        let exchange = async {
-            let transport = |e: hyper_util::client::legacy::Error| {
-                let text = scrub(describe(&e), &endpoint.url);
-                crate::otel::record_error(span, error_type(&e), &text);
-                (FailureKind::Transient, text, None)
-            };
-            let response = self.transport.send(request).await.map_err(transport)?;
-            let status = response.status().as_u16();
-            crate::otel::record_status(span, status);
-            let retry_after = if classify::honours_retry_after(status) {
-                response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| classify::parse_retry_after(v, SystemTime::now()))
-            } else {
-                None
-            };
-            let verdict = classify::classify_status(status);
-            let cap = if verdict.is_none() {
-                SUCCESS_BODY_CAP
-            } else {
-                ERROR_BODY_CAP
-            };
-            // The body's content is not used, and a broken body does not
-            // change the verdict; a response not read to its end closes its
-            // connection when dropped.
-            let _ = discard_body(&mut response.into_body(), cap).await;
-            match verdict {
-                None => Ok(()),
-                Some(kind) => Err((kind, format!("HTTP {status}"), retry_after)),
-            }
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => {
+        // One timer for the whole attempt: it bounds connect → response head,
+        // then is re-armed for the body (fewer timer registrations per call).
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        let sent = tokio::select! {
+            biased;
+            sent = self.transport.send(request) => sent,
+            () = &mut deadline => {
                 let text = timed_out(self.timeout);
                 crate::otel::record_error(span, "timeout", &text);
-                Err((FailureKind::Transient, text, None))
+                return Err((FailureKind::Transient, text, None));
             }
+        };
+        let response = sent.map_err(|e| {
+            let text = scrub(describe(&e), &endpoint.url);
+            crate::otel::record_error(span, error_type(&e), &text);
+            (FailureKind::Transient, text, None)
+        })?;
+        let status = response.status().as_u16();
+        crate::otel::record_status(span, status);
+        let retry_after = if classify::honours_retry_after(status) {
+            response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| classify::parse_retry_after(v, SystemTime::now()))
+        } else {
+            None
+        };
+        // The status line decides (contract): whatever the body does next
+        // cannot turn a 2xx into a retry, which would POST an accepted
+        // message again, nor a 503 into a timeout that loses its Retry-After.
+        let verdict = classify::classify_status(status);
+        let cap = if verdict.is_none() {
+            SUCCESS_BODY_CAP
+        } else {
+            ERROR_BODY_CAP
+        };
+        // The body's content is not used; it is read, on its own short
+        // deadline, only so that a connection whose body ends can go back to
+        // the pool. A body cut off (cap, deadline, error) closes its
+        // connection when dropped.
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.timeout.min(BODY_READ_TIMEOUT));
+        let mut body = response.into_body();
+        tokio::select! {
+            biased;
+            _ = discard_body(&mut body, cap) => {}
+            () = &mut deadline => {}
+        }
+        match verdict {
+            None => Ok(()),
+            Some(kind) => Err((kind, format!("HTTP {status}"), retry_after)),
         }
     }
 }
