@@ -17,7 +17,7 @@ use http::{
     Method, Uri,
 };
 use http_body_util::Full;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{
     backoff::Backoff,
@@ -34,7 +34,8 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
 /// Idle pooled connections are dropped before common servers close theirs
 /// (Node.js and Apache: 5 s), so a request rarely meets a connection the server
-/// closed while idle; when it does, the error is transient and retried.
+/// closed while idle; when it does, the request is sent again on a new
+/// connection without counting as an attempt (`transport::closed_while_pooled`).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// How much of an error response's body is read. Nothing of it is used; a
@@ -265,7 +266,9 @@ impl ApiClient {
             let attempt_started = Instant::now();
             // OpenTelemetry: a span per attempt (disabled when off).
             let span = crate::otel::attempt_span(target.as_str(), &endpoint.url, attempt);
-            let result = self.attempt(endpoint, &requests.headers, body, &span).await;
+            let result = self
+                .attempt(endpoint, &requests.headers, body, &span, attempt_started)
+                .await;
             drop(span);
             let took = attempt_started.elapsed();
             let (kind, error, retry_after) = match result {
@@ -299,21 +302,14 @@ impl ApiClient {
         }
     }
 
-    /// One HTTP attempt, bounded by the timeout from connecting to the
-    /// response head; its status decides the outcome. A redirect is never followed: a 3xx is a
-    /// permanent failure (classify_status), since following one would turn
-    /// the POST into a bodiless GET elsewhere whose 200 would ack a message
-    /// the API never received. On failure: its kind, a short description,
-    /// and the wait a `Retry-After` header asked for.
-    async fn attempt(
-        &self,
+    /// The POST of one attempt: the message's headers (shared by every
+    /// target) plus the target's ready-made URI and Authorization.
+    fn request(
         endpoint: &Endpoint,
         headers: &HeaderMap,
         body: &Bytes,
         span: &tracing::Span,
-    ) -> Result<(), (FailureKind, String, Option<Duration>)> {
-        // The message's headers (shared by every target) plus the target's
-        // ready-made URI and Authorization.
+    ) -> http::Request<Full<Bytes>> {
         let mut request = http::Request::new(Full::new(body.clone()));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = endpoint.uri.clone();
@@ -330,13 +326,46 @@ impl ApiClient {
         // With OpenTelemetry on, the API gets the attempt's span as its parent
         // instead of the message's traceparent.
         crate::otel::inject(span, request_headers);
+        request
+    }
+
+    /// One HTTP attempt, bounded by the timeout from connecting to the
+    /// response head; its status decides the outcome. A request that met a
+    /// pooled connection the server had closed is sent once more, on a new
+    /// connection, within the same attempt. A redirect is never followed: a 3xx is a
+    /// permanent failure (classify_status), since following one would turn
+    /// the POST into a bodiless GET elsewhere whose 200 would ack a message
+    /// the API never received. On failure: its kind, a short description,
+    /// and the wait a `Retry-After` header asked for.
+    async fn attempt(
+        &self,
+        endpoint: &Endpoint,
+        headers: &HeaderMap,
+        body: &Bytes,
+        span: &tracing::Span,
+        started: Instant,
+    ) -> Result<(), (FailureKind, String, Option<Duration>)> {
         // One timer for the whole attempt: it bounds connect → response head,
         // then is re-armed for the body (fewer timer registrations per call).
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
+        let exchange = async {
+            let request = Self::request(endpoint, headers, body, span);
+            match self.transport.send(request).await {
+                Err(e) if transport::closed_while_pooled(&e, started) => {
+                    // Once per attempt, and not an attempt: the server only
+                    // closed an idle keep-alive connection.
+                    debug!(target = %endpoint.name, error = %scrub(describe(&e), &endpoint.url),
+                        "the API had closed a pooled connection; sending again on a new one");
+                    let request = Self::request(endpoint, headers, body, span);
+                    self.transport.send_fresh(request).await
+                }
+                sent => sent,
+            }
+        };
         let sent = tokio::select! {
             biased;
-            sent = self.transport.send(request) => sent,
+            sent = exchange => sent,
             () = &mut deadline => {
                 let text = timed_out(self.timeout);
                 crate::otel::record_error(span, "timeout", &text);
