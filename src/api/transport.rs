@@ -55,6 +55,16 @@ pub(super) struct PoolSettings {
 /// noticed on an idle pooled connection (reqwest's default, kept).
 const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 
+/// HTTP/2 keep-alive pings: a connection that went silent (a peer or NAT
+/// that vanished without a FIN or RST; TCP keepalive only probes the kernel,
+/// which may still answer) is closed and replaced within
+/// `H2_PING_INTERVAL + H2_PING_TIMEOUT` instead of holding requests until
+/// their timeout, attempt after attempt. A ping goes out only after that long
+/// without a frame from the server, so a busy connection sends none.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may go unanswered: many round trips even far away.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Transport {
     pub(super) fn new(
         tls: rustls::ClientConfig,
@@ -76,7 +86,12 @@ impl Transport {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
+            .timer(TokioTimer::new())
+            .http2_keep_alive_interval(H2_PING_INTERVAL)
+            .http2_keep_alive_timeout(H2_PING_TIMEOUT)
+            // Also between requests: a dead connection is found before a
+            // request is put on it.
+            .http2_keep_alive_while_idle(true);
         let fresh = builder
             .clone()
             .pool_max_idle_per_host(0)
