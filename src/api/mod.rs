@@ -17,7 +17,7 @@ use http::{
     Method, Uri,
 };
 use http_body_util::Full;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{
     backoff::Backoff,
@@ -34,7 +34,8 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
 /// Idle pooled connections are dropped before common servers close theirs
 /// (Node.js and Apache: 5 s), so a request rarely meets a connection the server
-/// closed while idle; when it does, the error is transient and retried.
+/// closed while idle; when it does, the request is sent again on a new
+/// connection without counting as an attempt (`transport::closed_while_pooled`).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// How much of an error response's body is read. Nothing of it is used; a
@@ -44,6 +45,11 @@ pub const ERROR_BODY_CAP: usize = 1024;
 /// The same for a success: acknowledgements are small, and a huge one must
 /// not cost memory or hold the call until its timeout.
 pub const SUCCESS_BODY_CAP: usize = 64 * 1024;
+/// How long the body after a response head may take (capped by the attempt
+/// timeout). The outcome is already known from the status; this only bounds
+/// the wait for the connection to be reusable, so it is short: a small
+/// acknowledgement arrives with its head or a round trip later.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One target, with everything its requests need built once at startup.
 pub struct Endpoint {
@@ -96,7 +102,8 @@ pub struct ApiClient {
     /// Whether any target takes the envelope, so it is built only then.
     needs_envelope: bool,
     max_attempts: u32,
-    /// Bounds one attempt, from connecting to the end of the response body.
+    /// Bounds one attempt, from connecting to the response head; the body
+    /// has its own [`BODY_READ_TIMEOUT`].
     timeout: Duration,
     backoff: Backoff,
 }
@@ -259,7 +266,9 @@ impl ApiClient {
             let attempt_started = Instant::now();
             // OpenTelemetry: a span per attempt (disabled when off).
             let span = crate::otel::attempt_span(target.as_str(), &endpoint.url, attempt);
-            let result = self.attempt(endpoint, &requests.headers, body, &span).await;
+            let result = self
+                .attempt(endpoint, &requests.headers, body, &span, attempt_started)
+                .await;
             drop(span);
             let took = attempt_started.elapsed();
             let (kind, error, retry_after) = match result {
@@ -293,21 +302,14 @@ impl ApiClient {
         }
     }
 
-    /// One HTTP attempt, bounded by the timeout from connecting to the end
-    /// of the response body. A redirect is never followed: a 3xx is a
-    /// permanent failure (classify_status), since following one would turn
-    /// the POST into a bodiless GET elsewhere whose 200 would ack a message
-    /// the API never received. On failure: its kind, a short description,
-    /// and the wait a `Retry-After` header asked for.
-    async fn attempt(
-        &self,
+    /// The POST of one attempt: the message's headers (shared by every
+    /// target) plus the target's ready-made URI and Authorization.
+    fn request(
         endpoint: &Endpoint,
         headers: &HeaderMap,
         body: &Bytes,
         span: &tracing::Span,
-    ) -> Result<(), (FailureKind, String, Option<Duration>)> {
-        // The message's headers (shared by every target) plus the target's
-        // ready-made URI and Authorization.
+    ) -> http::Request<Full<Bytes>> {
         let mut request = http::Request::new(Full::new(body.clone()));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = endpoint.uri.clone();
@@ -324,46 +326,93 @@ impl ApiClient {
         // With OpenTelemetry on, the API gets the attempt's span as its parent
         // instead of the message's traceparent.
         crate::otel::inject(span, request_headers);
+        request
+    }
+
+    /// One HTTP attempt, bounded by the timeout from connecting to the
+    /// response head; its status decides the outcome. A request that met a
+    /// pooled connection the server had closed is sent once more, on a new
+    /// connection, within the same attempt. A redirect is never followed: a 3xx is a
+    /// permanent failure (classify_status), since following one would turn
+    /// the POST into a bodiless GET elsewhere whose 200 would ack a message
+    /// the API never received. On failure: its kind, a short description,
+    /// and the wait a `Retry-After` header asked for.
+    async fn attempt(
+        &self,
+        endpoint: &Endpoint,
+        headers: &HeaderMap,
+        body: &Bytes,
+        span: &tracing::Span,
+        started: Instant,
+    ) -> Result<(), (FailureKind, String, Option<Duration>)> {
+        // One timer for the whole attempt: it bounds connect → response head,
+        // then is re-armed for the body (fewer timer registrations per call).
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
         let exchange = async {
-            let transport = |e: hyper_util::client::legacy::Error| {
-                let text = scrub(describe(&e), &endpoint.url);
-                crate::otel::record_error(span, error_type(&e), &text);
-                (FailureKind::Transient, text, None)
-            };
-            let response = self.transport.send(request).await.map_err(transport)?;
-            let status = response.status().as_u16();
-            crate::otel::record_status(span, status);
-            let retry_after = if classify::honours_retry_after(status) {
-                response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| classify::parse_retry_after(v, SystemTime::now()))
-            } else {
-                None
-            };
-            let verdict = classify::classify_status(status);
-            let cap = if verdict.is_none() {
-                SUCCESS_BODY_CAP
-            } else {
-                ERROR_BODY_CAP
-            };
-            // The body's content is not used, and a broken body does not
-            // change the verdict; a response not read to its end closes its
-            // connection when dropped.
-            let _ = discard_body(&mut response.into_body(), cap).await;
-            match verdict {
-                None => Ok(()),
-                Some(kind) => Err((kind, format!("HTTP {status}"), retry_after)),
+            let request = Self::request(endpoint, headers, body, span);
+            match self.transport.send(request).await {
+                Err(e) if transport::closed_while_pooled(&e, started) => {
+                    // Once per attempt, and not an attempt: the server only
+                    // closed an idle keep-alive connection.
+                    debug!(target = %endpoint.name, error = %scrub(describe(&e), &endpoint.url),
+                        "the API had closed a pooled connection; sending again on a new one");
+                    let request = Self::request(endpoint, headers, body, span);
+                    self.transport.send_fresh(request).await
+                }
+                sent => sent,
             }
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => {
+        let sent = tokio::select! {
+            biased;
+            sent = exchange => sent,
+            () = &mut deadline => {
                 let text = timed_out(self.timeout);
                 crate::otel::record_error(span, "timeout", &text);
-                Err((FailureKind::Transient, text, None))
+                return Err((FailureKind::Transient, text, None));
             }
+        };
+        let response = sent.map_err(|e| {
+            let text = scrub(describe(&e), &endpoint.url);
+            crate::otel::record_error(span, error_type(&e), &text);
+            (FailureKind::Transient, text, None)
+        })?;
+        let status = response.status().as_u16();
+        crate::otel::record_status(span, status);
+        let retry_after = if classify::honours_retry_after(status) {
+            response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| classify::parse_retry_after(v, SystemTime::now()))
+        } else {
+            None
+        };
+        // The status line decides (contract): whatever the body does next
+        // cannot turn a 2xx into a retry, which would POST an accepted
+        // message again, nor a 503 into a timeout that loses its Retry-After.
+        let verdict = classify::classify_status(status);
+        let cap = if verdict.is_none() {
+            SUCCESS_BODY_CAP
+        } else {
+            ERROR_BODY_CAP
+        };
+        // The body's content is not used; it is read, on its own short
+        // deadline, only so that a connection whose body ends can go back to
+        // the pool. A body cut off (cap, deadline, error) closes its
+        // connection when dropped.
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.timeout.min(BODY_READ_TIMEOUT));
+        let mut body = response.into_body();
+        tokio::select! {
+            biased;
+            _ = discard_body(&mut body, cap) => {}
+            () = &mut deadline => {}
+        }
+        match verdict {
+            None => Ok(()),
+            Some(kind) => Err((kind, format!("HTTP {status}"), retry_after)),
         }
     }
 }

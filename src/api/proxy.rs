@@ -9,6 +9,7 @@ use std::{
     io,
     pin::Pin,
     task::{Context, Poll},
+    time::Instant,
 };
 
 use http::{HeaderValue, Uri};
@@ -22,6 +23,8 @@ use hyper_util::{
 };
 use tokio::net::TcpStream;
 use tower_service::Service;
+
+use super::transport::Opened;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -96,8 +99,13 @@ pub(super) struct Conn {
 }
 
 impl Connection for Conn {
+    /// Called once per connection, when it is ready for its first request.
+    /// The stamp replaces the `HttpInfo` extra of the TCP stream (unused),
+    /// so each response still carries a single extra.
     fn connected(&self) -> Connected {
-        self.io.connected().proxy(self.proxied)
+        Connected::new()
+            .proxy(self.proxied)
+            .extra(Opened(Instant::now()))
     }
 }
 

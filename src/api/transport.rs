@@ -12,7 +12,7 @@
 //! about 30 % of the worker's CPU per message (BENCHMARK.md), for nothing
 //! this worker uses.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -28,11 +28,21 @@ use hyper_util::{
 
 use super::proxy::Connector;
 
+type HttpClient = Client<HttpsConnector<Connector>, Full<Bytes>>;
+
 /// A pooled HTTP/1.1 + HTTP/2 client for the targets' requests.
 #[derive(Clone, Debug)]
 pub(super) struct Transport {
-    client: Client<HttpsConnector<Connector>, Full<Bytes>>,
+    client: HttpClient,
+    /// The same without a pool: every request on a new connection, for the
+    /// one resend of a request whose reused connection the server had closed.
+    fresh: HttpClient,
 }
+
+/// When a connection became ready for its first request (the connector's
+/// extra in `Connected`): one made before an attempt began was reused by it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Opened(pub Instant);
 
 /// The pool and connection settings of [`Transport::new`].
 pub(super) struct PoolSettings {
@@ -44,6 +54,16 @@ pub(super) struct PoolSettings {
 /// TCP keepalive on API connections: a peer that vanished without a FIN is
 /// noticed on an idle pooled connection (reqwest's default, kept).
 const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// HTTP/2 keep-alive pings: a connection that went silent (a peer or NAT
+/// that vanished without a FIN or RST; TCP keepalive only probes the kernel,
+/// which may still answer) is closed and replaced within
+/// `H2_PING_INTERVAL + H2_PING_TIMEOUT` instead of holding requests until
+/// their timeout, attempt after attempt. A ping goes out only after that long
+/// without a frame from the server, so a busy connection sends none.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may go unanswered: many round trips even far away.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Transport {
     pub(super) fn new(
@@ -63,13 +83,24 @@ impl Transport {
             .enable_http1()
             .enable_http2()
             .wrap_connector(Connector::new(tcp, proxies));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(pool.max_idle_per_host)
-            .pool_idle_timeout(pool.idle_timeout)
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
+            .http2_keep_alive_interval(H2_PING_INTERVAL)
+            .http2_keep_alive_timeout(H2_PING_TIMEOUT)
+            // Also between requests: a dead connection is found before a
+            // request is put on it.
+            .http2_keep_alive_while_idle(true);
+        let fresh = builder
+            .clone()
+            .pool_max_idle_per_host(0)
+            .build(connector.clone());
+        let client = builder
+            .pool_max_idle_per_host(pool.max_idle_per_host)
+            .pool_idle_timeout(pool.idle_timeout)
             .build(connector);
-        Transport { client }
+        Transport { client, fresh }
     }
 
     /// Sends `request` and returns the response head; the body is read by
@@ -80,6 +111,51 @@ impl Transport {
     ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
         self.client.request(request).await
     }
+
+    /// Sends `request` on a new connection of its own.
+    pub(super) async fn send_fresh(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.fresh.request(request).await
+    }
+}
+
+/// Whether `e` is a request that met a connection the server had closed
+/// while it sat in the pool: a connection opened before the attempt
+/// `started`, and closed (EOF or reset) before any response to it. Such a
+/// request is sent again on a new connection without counting as an attempt
+/// (the rule for requests with an idempotency key): servers closing idle
+/// keep-alive connections is normal, not a failing API. hyper-util resends
+/// by itself only a request the closed connection never took.
+pub(super) fn closed_while_pooled(e: &hyper_util::client::legacy::Error, started: Instant) -> bool {
+    if e.is_connect() {
+        return false;
+    }
+    let Some(info) = e.connect_info() else {
+        return false;
+    };
+    let mut extras = http::Extensions::new();
+    info.get_extras(&mut extras);
+    let reused = extras.get::<Opened>().is_some_and(|o| o.0 < started);
+    if !reused {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() {
+                return true;
+            }
+        } else if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+            if matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe) {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Reads and drops a response body frame by frame, at most about `cap`

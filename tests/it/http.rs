@@ -1,6 +1,7 @@
 //! Only a 2xx is a success: redirects are never followed, and a response body
 //! is never read whole (an API streaming an endless body costs neither
-//! memory nor the call's timeout).
+//! memory nor the call's timeout), and the status line decides: a slow body
+//! turns neither a 2xx nor a 503 into a timeout.
 
 use std::{
     collections::HashSet,
@@ -11,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fanout_bridge::metrics::Outcome;
+use fanout_bridge::metrics::{AttemptResult, Outcome};
 use lapin::BasicProperties;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -233,4 +234,122 @@ async fn url_credentials_are_sent_as_basic_auth() {
     );
     assert_eq!(r.headers.get_all("authorization").iter().count(), 1);
     assert_eq!(r.path, "/api");
+}
+
+/// A raw HTTP/1.1 server answering every request with `status` and a chunked
+/// body that trickles (a chunk every 100 ms) and never ends. Counts the
+/// requests it received.
+struct Trickle {
+    url: String,
+    requests: Arc<AtomicU64>,
+    accept: tokio::task::AbortHandle,
+}
+
+impl Trickle {
+    async fn start(status: &'static str) -> Trickle {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&requests);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    // The request head and its small body come in one read.
+                    let mut buf = vec![0u8; 64 * 1024];
+                    if !matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {
+                        return;
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nretry-after: 0\r\ntransfer-encoding: chunked\r\n\r\n"
+                    );
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    // Until the worker hangs up.
+                    while sock.write_all(b"1\r\nx\r\n").await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                });
+            }
+        });
+        Trickle {
+            url,
+            requests,
+            accept: accept.abort_handle(),
+        }
+    }
+
+    fn settings(&self, log: &FakeApi) -> Vec<(String, String)> {
+        vec![
+            ("BRIDGE_USER_API_URL".to_owned(), self.url.clone()),
+            ("BRIDGE_LOG_API_URL".to_owned(), log.url()),
+            ("BRIDGE_RETRY_BACKOFF_MS".to_owned(), "20".to_owned()),
+            // Short, so that a body read inside it would fail the attempt.
+            ("BRIDGE_HTTP_TIMEOUT_MS".to_owned(), "300".to_owned()),
+            ("BRIDGE_MAX_ATTEMPTS".to_owned(), "3".to_owned()),
+            ("BRIDGE_SHUTDOWN_GRACE_MS".to_owned(), "5000".to_owned()),
+        ]
+    }
+}
+
+impl Drop for Trickle {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_2xx_whose_body_never_ends_is_acked_after_one_post() {
+    let broker = Broker::new("trickle200").await;
+    let log = FakeApi::start().await;
+    let api = Trickle::start("200 OK").await;
+    let worker = Worker::start(&broker, api.settings(&log)).await;
+    broker
+        .publish(
+            b"{}",
+            BasicProperties::default().with_message_id("trickle-200".into()),
+        )
+        .await;
+    worker.wait_settled(1).await;
+    assert_eq!(worker.count(Outcome::Acked), 1);
+    assert_eq!(worker.count(Outcome::DeadLettered), 0);
+    assert_eq!(
+        api.requests.load(Ordering::SeqCst),
+        1,
+        "the API accepted it the first time: no second POST"
+    );
+    assert_eq!(
+        worker
+            .metrics
+            .attempt_count("user-management", AttemptResult::TransientError),
+        0
+    );
+    worker.stop().await;
+    assert!(broker.drain(&broker.dlq).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_503_whose_body_is_slow_is_still_a_503() {
+    let broker = Broker::new("trickle503").await;
+    let log = FakeApi::start().await;
+    let api = Trickle::start("503 Service Unavailable").await;
+    let worker = Worker::start(&broker, api.settings(&log)).await;
+    broker
+        .publish(
+            b"{}",
+            BasicProperties::default().with_message_id("trickle-503".into()),
+        )
+        .await;
+    worker.wait_settled(1).await;
+    worker.stop().await;
+    assert_eq!(api.requests.load(Ordering::SeqCst), 3);
+    let dead = broker.drain(&broker.dlq).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header_text(&dead[0], "x-bridge-error").as_deref(),
+        Some("user-management: HTTP 503 after 3 attempts"),
+        "the status decides, not the slow body"
+    );
 }

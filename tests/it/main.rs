@@ -19,6 +19,7 @@ mod fanout;
 mod faults;
 mod hold;
 mod http;
+mod keep_alive;
 mod nodes;
 mod observability;
 mod otel;

@@ -2,7 +2,8 @@
 //! played by TLS terminators (tokio-rustls) in front of the plain fakes and the
 //! real broker. Trusted CA works, an unknown CA is a transient error that never
 //! acks, mutual TLS works with the client certificate and fails without it,
-//! an API offering HTTP/2 gets HTTP/2, the `HTTPS_PROXY` tunnel, and bad files
+//! an API offering HTTP/2 gets HTTP/2 and a silent HTTP/2 connection is
+//! replaced (pings), the `HTTPS_PROXY` tunnel, and bad files
 //! stop `run` with exit 2 naming the variable.
 
 use std::{
@@ -716,4 +717,123 @@ async fn a_ca_in_the_platform_store_is_trusted_without_ca_file() {
     assert_eq!(apis.user.count(), 1);
     assert_eq!(apis.log.count(), 1);
     assert!(terminator.handshakes.load(Ordering::SeqCst) >= 1);
+}
+
+/// A TCP forwarder whose `freeze` turns every connection open at that moment
+/// into a black hole (open, nothing forwarded either way), as a peer or NAT
+/// that vanished silently would; later connections are forwarded.
+struct Freezer {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    frozen: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>>,
+    accept: tokio::task::AbortHandle,
+}
+
+impl Freezer {
+    async fn start(target: SocketAddr) -> Freezer {
+        use std::sync::atomic::AtomicBool;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let frozen: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let (count, flags) = (Arc::clone(&connections), Arc::clone(&frozen));
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let flag = Arc::new(AtomicBool::new(false));
+                flags.lock().unwrap().push(Arc::clone(&flag));
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                for (mut from, mut to, flag) in [
+                    (
+                        Box::new(ri) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(wo) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                        Arc::clone(&flag),
+                    ),
+                    (Box::new(ro), Box::new(wi), flag),
+                ] {
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = from.read(&mut buf).await {
+                            if !flag.load(Ordering::SeqCst)
+                                && to.write_all(&buf[..n]).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        // Frozen: the other side never learns of the close.
+                        if flag.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                    });
+                }
+            }
+        });
+        Freezer {
+            addr,
+            connections,
+            frozen,
+            accept: accept.abort_handle(),
+        }
+    }
+
+    fn freeze(&self) {
+        for flag in self.frozen.lock().unwrap().iter() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_went_silent_is_replaced_within_seconds() {
+    let pki = Pki::new("https-h2-ping");
+    let broker = Broker::new("tls.https.h2ping").await;
+    let (api, seen) = start_http2_api((*pki.server_config(false)).clone()).await;
+    let freezer = Freezer::start(api).await;
+    let log = FakeApi::start().await;
+    let mut settings = vec![
+        (
+            "BRIDGE_USER_API_URL".to_owned(),
+            format!("https://{}/users", freezer.addr),
+        ),
+        ("BRIDGE_LOG_API_URL".to_owned(), log.url()),
+        // Far beyond the test: only the pings can free the stuck request.
+        ("BRIDGE_HTTP_TIMEOUT_MS".to_owned(), "120000".to_owned()),
+        ("BRIDGE_MAX_ATTEMPTS".to_owned(), "2".to_owned()),
+        ("BRIDGE_RETRY_BACKOFF_MS".to_owned(), "20".to_owned()),
+        ("BRIDGE_SHUTDOWN_GRACE_MS".to_owned(), "5000".to_owned()),
+    ];
+    settings.push(pki.ca_var());
+    let worker = Worker::start(&broker, settings).await;
+    broker.publish(b"{}", message("h2-ping-1")).await;
+    worker.wait_settled(1).await;
+    assert_eq!(worker.count(Outcome::Acked), 1);
+
+    freezer.freeze();
+    let started = std::time::Instant::now();
+    broker.publish(b"{}", message("h2-ping-2")).await;
+    wait_until(
+        "the second message is acked over a new connection",
+        Duration::from_secs(20),
+        || {
+            let acked = worker.count(Outcome::Acked);
+            async move { acked == 2 }
+        },
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert_eq!(freezer.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    worker.stop().await;
 }
