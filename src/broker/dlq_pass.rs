@@ -76,6 +76,55 @@ const RESENDS: usize = 3;
 const DEATH_HEADERS: [&str; 1] = ["x-death"];
 const DEATH_PREFIXES: [&str; 2] = ["x-first-death-", "x-last-death-"];
 
+/// Another DLQ operation holds the lock: this one did nothing.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another DLQ operation is running on {dlq} (a dlq command or the console holds {lock}); \
+     try again when it is done"
+)]
+pub struct DlqBusy {
+    pub dlq: String,
+    pub lock: String,
+}
+
+/// The name of a DLQ's lock queue.
+pub fn lock_name(dlq: &str) -> String {
+    format!("{dlq}.lock")
+}
+
+/// Takes the DLQ's lock for as long as `session` is open: an exclusive,
+/// auto-deleted queue `<dlq>.lock`, which the broker gives one connection at
+/// a time and drops when that connection goes (a `kill -9` included), so two
+/// readers never read each other's copies and a crashed one frees it.
+///
+/// # Errors
+/// [`DlqBusy`] when another connection holds it; a broker error otherwise.
+pub async fn lock(session: &Session, dlq: &str) -> anyhow::Result<()> {
+    let name = lock_name(dlq);
+    let channel = session.scratch_channel().await?;
+    let declared = channel
+        .queue_declare(
+            name.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    super::close_channel(&channel).await;
+    match declared {
+        Ok(_) => Ok(()),
+        Err(e) if super::is_resource_locked(&e) => Err(DlqBusy {
+            dlq: dlq.to_owned(),
+            lock: name,
+        }
+        .into()),
+        Err(e) => Err(anyhow::Error::from(e).context("taking the DLQ's lock")),
+    }
+}
+
 /// What a pass does with one message it read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fate {
@@ -94,6 +143,10 @@ pub trait Reader {
     /// Checked before each read: true ends the pass before its bound.
     fn done(&self) -> bool {
         false
+    }
+    /// The least time between two replayed copies (`--rate`), if any.
+    fn replay_interval(&self) -> Option<std::time::Duration> {
+        None
     }
 }
 
@@ -165,6 +218,7 @@ pub async fn pass(
 ) -> Pass {
     let mut out = Pass::default();
     let mut empty = false;
+    let mut last_replay: Option<tokio::time::Instant> = None;
     while !empty && out.read < max && !reader.done() && !stop.is_stopped() {
         let mut window: Vec<Taken> = Vec::with_capacity(WINDOW_MESSAGES);
         let mut confirms = Vec::with_capacity(WINDOW_MESSAGES);
@@ -201,7 +255,24 @@ pub async fn pass(
                 fields::header_int(delivery.properties.headers().as_ref(), DELIVERY_COUNT)
                     .is_some_and(|n| n > 0);
             let fate = reader.decide(&delivery);
-            let copy = copy_for(fate, &delivery.properties, broker_cfg);
+            let copy = copy_for(
+                fate,
+                &delivery.properties,
+                broker_cfg,
+                session.publisher.frame_max(),
+            );
+            // Paced replays are settled one by one, so a slow rate never
+            // holds a window of taken messages while it waits.
+            let paced = fate == Fate::Replay && reader.replay_interval().is_some();
+            if let (true, Some(interval)) = (paced, reader.replay_interval()) {
+                if let Some(last) = last_replay {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(last + interval) => {}
+                        () = stop.0.cancelled() => {}
+                    }
+                }
+                last_replay = Some(tokio::time::Instant::now());
+            }
             let mut unsent = false;
             if let Some(copy) = &copy {
                 let sent = session
@@ -218,7 +289,7 @@ pub async fn pass(
                 fate,
                 copy,
             });
-            if unsent || handed_back_before {
+            if unsent || handed_back_before || paced {
                 break;
             }
         }
@@ -232,18 +303,22 @@ pub async fn pass(
 }
 
 /// The copy a fate sends, if any.
-fn copy_for(fate: Fate, props: &BasicProperties, broker_cfg: &BrokerConfig) -> Option<Copy> {
-    match fate {
-        Fate::Rotate => Some(Copy {
-            queue: broker_cfg.dlq.clone(),
-            props: rotated_properties(props),
-        }),
-        Fate::Replay => Some(Copy {
-            queue: broker_cfg.queue.clone(),
-            props: replayed_properties(props),
-        }),
-        Fate::Remove => None,
-    }
+/// A copy always fits the connection's frame (a replay adds a header): the
+/// largest original headers are left out otherwise and named in
+/// `x-bridge-headers-dropped`, never the body.
+fn copy_for(
+    fate: Fate,
+    props: &BasicProperties,
+    broker_cfg: &BrokerConfig,
+    frame_max: u32,
+) -> Option<Copy> {
+    let (queue, props) = match fate {
+        Fate::Rotate => (broker_cfg.dlq.clone(), rotated_properties(props)),
+        Fate::Replay => (broker_cfg.queue.clone(), replayed_properties(props)),
+        Fate::Remove => return None,
+    };
+    let (props, _dropped) = fields::fit_frame(props, frame_max);
+    Some(Copy { queue, props })
 }
 
 /// Awaits the window's confirms and settles each message taken: acked once
@@ -331,7 +406,12 @@ async fn resend(
         fates.push(Fate::Rotate);
     }
     for fate in fates {
-        let Some(copy) = copy_for(fate, &taken.delivery.properties, broker_cfg) else {
+        let Some(copy) = copy_for(
+            fate,
+            &taken.delivery.properties,
+            broker_cfg,
+            session.publisher.frame_max(),
+        ) else {
             return Ok(fate);
         };
         for _ in 0..RESENDS {

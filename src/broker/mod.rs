@@ -7,6 +7,7 @@ pub mod confirm_batch;
 pub mod dlq_pass;
 pub mod fields;
 pub mod publisher;
+pub mod record;
 pub mod tool_session;
 pub mod topology;
 
@@ -63,6 +64,13 @@ impl BrokerError {
 pub fn is_precondition_failed(e: &lapin::Error) -> bool {
     matches!(e.kind(), ErrorKind::ProtocolError(err)
         if matches!(err.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
+}
+
+/// True when the broker answered RESOURCE_LOCKED (an exclusive queue of
+/// another connection).
+pub fn is_resource_locked(e: &lapin::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ProtocolError(err)
+        if matches!(err.kind(), AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)))
 }
 
 /// True when the broker answered NOT_FOUND.

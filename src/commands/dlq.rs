@@ -12,23 +12,34 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 
+use lapin::message::Delivery;
+
 use crate::{
     broker::{dlq_pass::Stop, tool_session::Session, topology, BrokerError},
     config::BrokerConfig,
+    domain::failure::{group_of, Failed, Filter, Group},
 };
 
-/// Opens a session, runs `work`, closes the session whatever happened.
+/// Opens a session, takes the DLQ's lock (one DLQ operation at a time),
+/// runs `work`, closes the session (and so frees the lock) whatever happened.
 macro_rules! in_session {
     ($broker:expr, $role:expr, |$session:ident| $work:expr) => {{
         #[allow(unused_mut)]
         let mut $session = Session::open($broker, $role).await?;
-        let result = $work.await;
+        let result = match crate::broker::dlq_pass::lock(&$session, &$broker.dlq).await {
+            Ok(()) => $work.await,
+            Err(e) => Err(e),
+        };
         $session.close().await;
         result
     }};
 }
 
+pub mod export;
+pub mod groups;
+pub mod import;
 pub mod peek;
+pub mod purge;
 pub mod reasons;
 pub mod replay;
 
@@ -91,6 +102,13 @@ pub fn print_lines(lines: &[String]) {
         }
     }
     let _ = out.flush();
+}
+
+/// The group of a message read and whether `filter` selects it.
+pub fn select(filter: &Filter, d: &Delivery) -> (bool, Failed, Group) {
+    let failed = reasons::failed_of(d);
+    let group = group_of(&failed);
+    (filter.matches(&failed, &group, &d.data), failed, group)
 }
 
 /// The DLQ's depth, or `None` when it does not exist (nothing to read; the

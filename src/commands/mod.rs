@@ -31,20 +31,56 @@ pub async fn dispatch(command: Command, raw: RawConfig) -> anyhow::Result<ExitCo
         Command::Dlq { action } => {
             let broker = raw.broker_config()?;
             match action {
-                DlqCommand::Stats { format } => dlq::stats(&broker, format).await,
-                DlqCommand::Peek { limit } => dlq::peek(&broker, limit).await,
+                DlqCommand::Stats { filters, format } => {
+                    dlq::stats(&broker, &filters.to_filter(), format).await
+                }
+                DlqCommand::Peek { limit, filters } => {
+                    dlq::peek(&broker, limit, &filters.to_filter()).await
+                }
                 DlqCommand::Replay {
                     limit,
-                    reason,
+                    filters,
+                    rate,
                     dry_run,
                     format,
                 } => {
                     let request = dlq::ReplayRequest {
                         limit,
-                        reason,
+                        filter: filters.to_filter(),
                         dry_run,
+                        rate,
                     };
                     dlq::replay(&broker, &request, format).await
+                }
+                DlqCommand::Groups { filters, format } => {
+                    dlq::groups::groups(&broker, &filters.to_filter(), format).await
+                }
+                DlqCommand::Export { filters, out } => {
+                    dlq::export::export(&broker, &filters.to_filter(), out.as_deref()).await
+                }
+                DlqCommand::Import {
+                    file,
+                    dry_run,
+                    format,
+                } => dlq::import::import(&broker, &file, dry_run, format).await,
+                DlqCommand::Purge {
+                    filters,
+                    all,
+                    yes,
+                    dry_run,
+                    format,
+                } => {
+                    let filter = filters.to_filter();
+                    if filter.is_empty() && !all {
+                        usage_error("dlq purge needs a filter, or --all to remove every message");
+                    }
+                    if !yes && !dry_run {
+                        usage_error(
+                            "dlq purge removes messages for good: add --yes to remove them, \
+                             or --dry-run to see what would go",
+                        );
+                    }
+                    dlq::purge::purge(&broker, &filter, dry_run, format).await
                 }
             }
         }
@@ -73,6 +109,13 @@ pub async fn dispatch(command: Command, raw: RawConfig) -> anyhow::Result<ExitCo
         } => demo_api::run(listen, latency_ms, fail_rate).await,
         Command::Demo { count } => demo::run(&raw, count).await,
     }
+}
+
+/// Exits 2 with a usage error, as clap does for the flags it checks.
+fn usage_error(message: &str) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::MissingRequiredArgument, message)
+        .exit()
 }
 
 /// The exit code for an error: 2 when the operator must fix a setting.

@@ -7,6 +7,7 @@
 //! plain unit tests.
 
 pub mod dead_letter;
+pub mod failure;
 pub mod message;
 pub mod outcome;
 pub mod target;

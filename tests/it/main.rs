@@ -12,6 +12,7 @@ mod confirms;
 mod copy_returns;
 mod dead_letter;
 mod dlq_gone;
+mod dlq_groups;
 mod dlq_interrupt;
 mod dlq_quorum;
 mod exact_bytes;

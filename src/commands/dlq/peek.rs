@@ -8,24 +8,46 @@ use lapin::{
 };
 use serde_json::{json, Map, Value};
 
-use super::{dlq_depth, interrupted, reasons::reason_of, stop_on_signals, Output, Session};
+use super::{
+    dlq_depth, interrupted,
+    reasons::{failed_of, reason_of},
+    select, stop_on_signals, Output, Session,
+};
 use crate::{
     broker::{
-        dlq_pass::{pass, Fate, Reader},
+        dlq_pass::{pass, replays_of, Fate, Reader},
         fields::{short_string_display, short_string_hex},
     },
     config::BrokerConfig,
-    domain::dead_letter,
+    domain::{
+        dead_letter,
+        failure::{group_of, Filter},
+    },
 };
 
 // === peek ===
 
-struct Printer(Output);
+struct Printer<'a> {
+    out: Output,
+    filter: &'a Filter,
+    limit: u32,
+    printed: u32,
+}
 
-impl Reader for Printer {
+impl Reader for Printer<'_> {
     fn decide(&mut self, d: &Delivery) -> Fate {
-        self.0.line(&describe(d).to_string());
+        if self.printed < self.limit && select(self.filter, d).0 {
+            self.printed += 1;
+            self.out.line(&describe(d).to_string());
+        }
         Fate::Rotate
+    }
+
+    /// Without a filter the messages read are the ones printed: stop at the
+    /// limit. With one, the pass goes round the whole DLQ so that the
+    /// messages it skipped keep their order.
+    fn done(&self) -> bool {
+        self.filter.is_empty() && self.printed >= self.limit
     }
 }
 
@@ -40,24 +62,26 @@ impl Reader for Printer {
 /// # Errors
 /// When the broker cannot be reached, a copy is not confirmed, or a signal
 /// interrupted it.
-pub async fn peek(broker_cfg: &BrokerConfig, limit: u32) -> anyhow::Result<ExitCode> {
+pub async fn peek(
+    broker_cfg: &BrokerConfig,
+    limit: u32,
+    filter: &Filter,
+) -> anyhow::Result<ExitCode> {
     let stop = stop_on_signals()?;
     in_session!(broker_cfg, "dlq peek", |session| async {
         let Some(depth) = dlq_depth(&session, broker_cfg).await? else {
             return Ok(ExitCode::SUCCESS);
         };
-        let mut printer = Printer(Output::new(stop.clone()));
-        let done = pass(
-            &mut session,
-            broker_cfg,
-            depth.min(limit),
-            &mut printer,
-            &stop,
-        )
-        .await;
+        let mut printer = Printer {
+            out: Output::new(stop.clone()),
+            filter,
+            limit,
+            printed: 0,
+        };
+        let done = pass(&mut session, broker_cfg, depth, &mut printer, &stop).await;
         match done.error {
             Some(e) => Err(e),
-            None if done.stopped && !printer.0.closed() => Err(interrupted(done.read)),
+            None if done.stopped && !printer.out.closed() => Err(interrupted(done.read)),
             None => Ok(ExitCode::SUCCESS),
         }
     })
@@ -93,6 +117,8 @@ pub fn describe(d: &Delivery) -> Value {
         "correlation_id": text(props.correlation_id()),
         "type": text(props.kind()),
         "reason": reason_of(props.headers().as_ref()),
+        "group": group_of(&failed_of(d)).id,
+        "replays": replays_of(props.headers().as_ref()),
         "headers": headers,
     });
     for (field, value) in [

@@ -8,15 +8,20 @@ use lapin::{
 };
 use serde::Serialize;
 
-use super::{dlq_depth, interrupted, print_lines, stop_on_signals, Session};
+use super::{dlq_depth, interrupted, print_lines, select, stop_on_signals, Session};
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+
 use crate::{
     broker::{
-        dlq_pass::{pass, Fate, Reader, Stop},
+        dlq_pass::{pass, replays_of, Fate, Reader, Stop},
         fields,
     },
     cli::OutputFormat,
     config::BrokerConfig,
-    domain::dead_letter,
+    domain::{
+        dead_letter,
+        failure::{Failed, Filter},
+    },
 };
 
 /// The reason the tools give a message the broker dead-lettered itself,
@@ -32,8 +37,11 @@ pub struct Stats {
     pub dlq: String,
     /// Ready messages when the command started.
     pub depth: u32,
-    /// Messages per reason, among those read.
+    /// Messages per reason, among those read that match the filters.
     pub reasons: BTreeMap<String, u64>,
+    /// With filters: the messages read that match them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched: Option<u64>,
 }
 
 /// Why a message is in the DLQ, as the tools report it: its
@@ -45,6 +53,53 @@ pub fn reason_of(headers: Option<&FieldTable>) -> String {
         return reason.into_owned();
     }
     broker_death_reason(headers).unwrap_or_else(|| UNKNOWN.to_owned())
+}
+
+/// What the DLQ tools know of a message, from its headers: reason, failed
+/// targets, error, when it was dead-lettered, id and replays.
+pub fn failed_of(d: &Delivery) -> Failed {
+    let headers = d.properties.headers().as_ref();
+    let text = |key: &str| fields::header_text(headers, key).map(|t| t.into_owned());
+    let at = text(dead_letter::DEAD_LETTERED_AT)
+        .and_then(|t| OffsetDateTime::parse(&t, &Rfc3339).ok())
+        .or_else(|| death_time(headers));
+    Failed {
+        reason: reason_of(headers),
+        failed_targets: text(dead_letter::FAILED_TARGETS)
+            .map(|t| {
+                t.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        error: text(dead_letter::ERROR).unwrap_or_default(),
+        at,
+        message_id: d
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_owned()),
+        replays: replays_of(headers),
+    }
+}
+
+/// The `time` of the newest `x-death` entry: when the broker dead-lettered
+/// it.
+fn death_time(headers: Option<&FieldTable>) -> Option<OffsetDateTime> {
+    let AMQPValue::FieldArray(deaths) = headers?.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(newest) = deaths.as_slice().first()? else {
+        return None;
+    };
+    match newest.inner().get("time")? {
+        AMQPValue::Timestamp(t) => {
+            OffsetDateTime::from_unix_timestamp(i64::try_from(*t).ok()?).ok()
+        }
+        _ => None,
+    }
 }
 
 /// The `reason` of the newest `x-death` entry (the broker puts it first).
@@ -63,9 +118,13 @@ fn broker_death_reason(headers: Option<&FieldTable>) -> Option<String> {
 /// # Errors
 /// When the broker cannot be reached or a read message cannot be put back
 /// at the tail (it then stays in the DLQ).
-pub async fn stats(broker_cfg: &BrokerConfig, format: OutputFormat) -> anyhow::Result<ExitCode> {
+pub async fn stats(
+    broker_cfg: &BrokerConfig,
+    filter: &Filter,
+    format: OutputFormat,
+) -> anyhow::Result<ExitCode> {
     let stop = stop_on_signals()?;
-    let s = collect_stats_until(broker_cfg, &stop).await?;
+    let s = collect_stats_until(broker_cfg, filter, &stop).await?;
     let lines = match format {
         OutputFormat::Json => vec![serde_json::to_string(&s)?],
         OutputFormat::Text => {
@@ -78,14 +137,19 @@ pub async fn stats(broker_cfg: &BrokerConfig, format: OutputFormat) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-struct Counter(BTreeMap<String, u64>);
+struct Counter<'a> {
+    filter: &'a Filter,
+    reasons: BTreeMap<String, u64>,
+    matched: u64,
+}
 
-impl Reader for Counter {
+impl Reader for Counter<'_> {
     fn decide(&mut self, d: &Delivery) -> Fate {
-        *self
-            .0
-            .entry(reason_of(d.properties.headers().as_ref()))
-            .or_default() += 1;
+        let (wanted, failed, _) = select(self.filter, d);
+        if wanted {
+            self.matched += 1;
+            *self.reasons.entry(failed.reason).or_default() += 1;
+        }
         Fate::Rotate
     }
 }
@@ -96,10 +160,14 @@ impl Reader for Counter {
 /// # Errors
 /// When the broker cannot be reached or a copy is not confirmed.
 pub async fn collect_stats(broker_cfg: &BrokerConfig) -> anyhow::Result<Stats> {
-    collect_stats_until(broker_cfg, &Stop::new()).await
+    collect_stats_until(broker_cfg, &Filter::default(), &Stop::new()).await
 }
 
-async fn collect_stats_until(broker_cfg: &BrokerConfig, stop: &Stop) -> anyhow::Result<Stats> {
+async fn collect_stats_until(
+    broker_cfg: &BrokerConfig,
+    filter: &Filter,
+    stop: &Stop,
+) -> anyhow::Result<Stats> {
     in_session!(broker_cfg, "dlq stats", |session| async {
         let Some(depth) = dlq_depth(&session, broker_cfg).await? else {
             return Ok(Stats {
@@ -107,7 +175,11 @@ async fn collect_stats_until(broker_cfg: &BrokerConfig, stop: &Stop) -> anyhow::
                 ..Stats::default()
             });
         };
-        let mut counter = Counter(BTreeMap::new());
+        let mut counter = Counter {
+            filter,
+            reasons: BTreeMap::new(),
+            matched: 0,
+        };
         let done = pass(&mut session, broker_cfg, depth, &mut counter, stop).await;
         if let Some(e) = done.error {
             return Err(e.context("counting the DLQ's reasons"));
@@ -118,7 +190,8 @@ async fn collect_stats_until(broker_cfg: &BrokerConfig, stop: &Stop) -> anyhow::
         Ok(Stats {
             dlq: broker_cfg.dlq.clone(),
             depth,
-            reasons: counter.0,
+            reasons: counter.reasons,
+            matched: (!filter.is_empty()).then_some(counter.matched),
         })
     })
 }

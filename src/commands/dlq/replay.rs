@@ -7,7 +7,7 @@ use anyhow::Context;
 use lapin::message::Delivery;
 use serde::Serialize;
 
-use super::{dlq_depth, print_lines, reasons::reason_of, stop_on_signals, Session};
+use super::{dlq_depth, print_lines, select, stop_on_signals, Session};
 use crate::{
     broker::{
         self,
@@ -16,6 +16,7 @@ use crate::{
     },
     cli::OutputFormat,
     config::BrokerConfig,
+    domain::failure::Filter,
 };
 
 // === replay ===
@@ -25,10 +26,13 @@ use crate::{
 pub struct ReplayRequest {
     /// At most this many (default: every one there at start).
     pub limit: Option<u32>,
-    /// Only those whose reason (as [`reason_of`] reports it) is this.
-    pub reason: Option<String>,
+    /// Only those the filter selects (reason, target, group, ids, time,
+    /// text).
+    pub filter: Filter,
     /// Move nothing; report what would move.
     pub dry_run: bool,
+    /// At most this many messages per second to the inbound queue.
+    pub rate: Option<u32>,
 }
 
 /// One message chosen for replay.
@@ -67,8 +71,9 @@ struct Chooser<'a> {
 
 impl Reader for Chooser<'_> {
     fn decide(&mut self, d: &Delivery) -> Fate {
-        let reason = reason_of(d.properties.headers().as_ref());
-        let wanted = self.request.reason.as_ref().is_none_or(|r| *r == reason)
+        let (selected, failed, _) = select(&self.request.filter, d);
+        let reason = failed.reason;
+        let wanted = selected
             && self
                 .request
                 .limit
@@ -89,6 +94,13 @@ impl Reader for Chooser<'_> {
             self.rotated += 1;
             Fate::Rotate
         }
+    }
+
+    fn replay_interval(&self) -> Option<std::time::Duration> {
+        self.request
+            .rate
+            .filter(|r| *r > 0)
+            .map(|r| std::time::Duration::from_secs_f64(1.0 / f64::from(r)))
     }
 
     /// Stops once the limit is reached, but only while nothing has been
@@ -156,7 +168,10 @@ pub async fn replay(
 /// that exists is used as it is, whatever its arguments (the worker, not
 /// this tool, is the judge of those); a missing one is declared as the worker
 /// would declare it.
-async fn ensure_inbound_queue(session: &Session, broker_cfg: &BrokerConfig) -> anyhow::Result<()> {
+pub(super) async fn ensure_inbound_queue(
+    session: &Session,
+    broker_cfg: &BrokerConfig,
+) -> anyhow::Result<()> {
     let scratch = session.scratch_channel().await?;
     let exists = match topology::depth(&scratch, &broker_cfg.queue).await {
         Ok(_) => true,
@@ -197,7 +212,7 @@ async fn replay_messages_until(
             dlq: broker_cfg.dlq.clone(),
             queue: broker_cfg.queue.clone(),
             dry_run: request.dry_run,
-            reason: request.reason.clone(),
+            reason: request.filter.reason.clone(),
             limit: request.limit,
             ..ReplayReport::default()
         };
