@@ -102,51 +102,65 @@ pub async fn import(
     dry_run: bool,
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    // Line by line: an export of big messages is never all in memory.
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?,
+    );
     let mut report = ImportReport {
         queue: broker_cfg.queue.clone(),
         dry_run,
         ..ImportReport::default()
     };
-    let mut messages = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        report.read += 1;
-        match parse_record(line) {
-            Ok(m) => messages.push(m),
-            Err(error) => report.rejected.push(Rejected {
-                line: i as u64 + 1,
-                error,
-            }),
-        }
-    }
-    if !dry_run && !messages.is_empty() {
+    let session = if dry_run {
+        None
+    } else {
         let session = Session::open(broker_cfg, "dlq import").await?;
-        let published = async {
-            ensure_inbound_queue(&session, broker_cfg).await?;
-            for (body, props) in messages {
-                let (props, _) = fields::fit_frame(props, session.publisher.frame_max());
-                match session
-                    .publisher
-                    .publish(&broker_cfg.queue, &body, props)
-                    .await
-                {
-                    Ok(()) => report.published += 1,
-                    Err(e) => {
-                        report.unconfirmed += 1;
-                        report.error.get_or_insert_with(|| e.to_string());
-                    }
+        if let Err(e) = ensure_inbound_queue(&session, broker_cfg).await {
+            session.close().await;
+            return Err(e);
+        }
+        Some(session)
+    };
+    let read = async {
+        for (i, line) in std::io::BufRead::lines(reader).enumerate() {
+            let line = line.with_context(|| format!("reading {}", file.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            report.read += 1;
+            let (body, props) = match parse_record(&line) {
+                Ok(m) => m,
+                Err(error) => {
+                    report.rejected.push(Rejected {
+                        line: i as u64 + 1,
+                        error,
+                    });
+                    continue;
+                }
+            };
+            let Some(session) = &session else {
+                continue;
+            };
+            let (props, _) = fields::fit_frame(props, session.publisher.frame_max());
+            match session
+                .publisher
+                .publish(&broker_cfg.queue, &body, props)
+                .await
+            {
+                Ok(()) => report.published += 1,
+                Err(e) => {
+                    report.unconfirmed += 1;
+                    report.error.get_or_insert_with(|| e.to_string());
                 }
             }
-            anyhow::Ok(())
         }
-        .await;
-        session.close().await;
-        published?;
+        anyhow::Ok(())
     }
+    .await;
+    if let Some(session) = session {
+        session.close().await;
+    }
+    read?;
     let mut lines = Vec::new();
     match format {
         OutputFormat::Json => lines.push(serde_json::to_string(&report)?),
