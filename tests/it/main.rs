@@ -6,6 +6,7 @@ mod helpers;
 
 mod acks;
 mod big_headers;
+mod check;
 mod cli;
 mod cli_scripts;
 mod confirms;
@@ -17,6 +18,7 @@ mod dlq_quorum;
 mod exact_bytes;
 mod fanout;
 mod faults;
+mod healthcheck;
 mod hold;
 mod http;
 mod nodes;
