@@ -277,10 +277,12 @@ INTS = {"BRIDGE_HTTP_TIMEOUT_MS", "BRIDGE_RETRY_BACKOFF_MS", "BRIDGE_OUTAGE_PAUS
 METRICS = {"bridge_messages_total", "bridge_api_requests_total",
            "bridge_api_request_duration_seconds", "bridge_messages_in_flight",
            "bridge_broker_connected", "bridge_dead_letter_queue_depth",
-           "bridge_broker_node_info"}
+           "bridge_broker_node_info", "bridge_dead_letters_total"}
 HISTOGRAMS = {"bridge_api_request_duration_seconds"}
 LABEL_VALUES = {"outcome": {"acked", "dead_lettered", "held", "requeued"},
-                "target": {"user-management", "logging"},
+                # "none": bridge_dead_letters_total's target of an invalid_payload.
+                "target": {"user-management", "logging", "none"},
+                "reason": {"api_failed", "invalid_payload"},
                 "result": {"success", "transient_error", "permanent_error"}}
 
 def check_env(where, env):
@@ -304,7 +306,7 @@ def check_expr_metrics(where, expr):
     for m in metric_names(expr):
         base = re.sub(r"_(bucket|sum|count)$", "", m) if re.sub(r"_(bucket|sum|count)$", "", m) in HISTOGRAMS else m
         check(base in METRICS, f"{where}: metric {m} is exported by the worker")
-    for label, value in re.findall(r'\b(outcome|target|result)\s*=~?\s*"([^"]*)"', expr):
+    for label, value in re.findall(r'\b(outcome|target|result|reason)\s*=~?\s*"([^"]*)"', expr):
         values = set(value.split("|"))
         check(values <= LABEL_VALUES[label], f"{where}: {label} values {sorted(values)} exist")
 
@@ -332,6 +334,10 @@ dep = worker.get("depends_on", {})
 check(isinstance(dep, dict) and dep.get("rabbitmq", {}).get("condition") == "service_healthy",
       "worker waits for rabbitmq to be healthy")
 check("healthcheck" in services.get("rabbitmq", {}), "rabbitmq has a healthcheck")
+# The image is distroless (no shell, no curl): the binary probes itself.
+hc = [str(t) for t in (worker.get("healthcheck", {}) or {}).get("test", [])]
+check(hc[:1] in (["CMD"], ["CMD-SHELL"]) and "healthcheck" in " ".join(hc) and "fanout-bridge" in " ".join(hc),
+      "worker healthcheck runs `fanout-bridge healthcheck`")
 for name, svc in services.items():
     profiled = "observability" in (svc.get("profiles") or [])
     should = name in ("prometheus", "grafana")

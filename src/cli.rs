@@ -18,6 +18,7 @@ Examples:
   BRIDGE_LOG_API_URL=http://logs.internal/logs fanout-bridge run
   fanout-bridge publish registrations.jsonl
   fanout-bridge dlq stats
+  fanout-bridge check                     # configuration, broker, queues, targets
   fanout-bridge completions bash > ~/.local/share/bash-completion/completions/fanout-bridge";
 
 /// `run --help`: an example, then every setting, its default and meaning,
@@ -139,6 +140,39 @@ Example:
         count: u64,
     },
 
+    /// Check the configuration and try every dependency once: broker nodes, queues, targets
+    #[command(after_help = "\
+Reads the same BRIDGE_* settings as `run` and prints one line per check: the
+configuration, each broker node (connect), the inbound queue and the DLQ
+(absent, or present with the arguments the worker declares), each target
+(TCP, and the TLS handshake for https://, through the proxy the worker would
+use). Nothing is published, consumed or created.
+Exit codes: 0 every check passed, 1 a dependency failed, 2 bad configuration.
+
+Examples:
+  fanout-bridge check
+  fanout-bridge check --format json | jq '.checks[] | select(.ok | not)'")]
+    Check {
+        /// How to print the result
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+
+    /// Exit 0 when the worker's /readyz answers 200, else 1 (a container healthcheck without curl)
+    #[command(after_help = "\
+Asks http://BRIDGE_METRICS_ADDR/readyz (an unspecified address such as
+0.0.0.0 or :: is asked on loopback), or URL, with a 3 s timeout.
+
+Examples:
+  fanout-bridge healthcheck
+  fanout-bridge healthcheck --url http://127.0.0.1:9464/readyz
+  # docker-compose.yml: healthcheck: {test: [\"CMD\", \"fanout-bridge\", \"healthcheck\"]}")]
+    Healthcheck {
+        /// The readiness URL (http://HOST:PORT[/PATH]; /readyz when no path is given)
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
+
     /// Print a completion script for SHELL
     #[command(after_help = "\
 Examples:
@@ -173,8 +207,12 @@ impl Command {
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Run | Command::DemoApi { .. } => "info",
+            // Each check reports its own failure; lapin's log of a channel
+            // that a passive declare of an absent queue closed is noise.
+            Command::Check { .. } => "warn,lapin=off",
             Command::Publish { .. }
             | Command::Dlq { .. }
+            | Command::Healthcheck { .. }
             | Command::Completions { .. }
             | Command::Man { .. } => "warn",
             Command::Demo { .. } => "error",

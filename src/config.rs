@@ -300,6 +300,15 @@ impl RawConfig {
         table::LOG_FORMAT.read(self)
     }
 
+    /// `BRIDGE_METRICS_ADDR` alone, for `healthcheck`, which asks the worker
+    /// listening there and needs none of the other settings.
+    ///
+    /// # Errors
+    /// Names the variable when its value is not an address.
+    pub fn metrics_addr(&self) -> Result<SocketAddr, ConfigError> {
+        table::METRICS_ADDR.read(self)
+    }
+
     /// The settings of `run`.
     ///
     /// # Errors

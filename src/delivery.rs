@@ -252,7 +252,12 @@ impl DeliveryHandler {
                     .publish_dead_letter(&self.dlq, &msg.body, props)
                     .await
                 {
-                    Ok(()) => settler.ack(Outcome::DeadLettered).await,
+                    Ok(()) => {
+                        // Counted once the copy is stored: a copy not
+                        // confirmed is requeued and dead-lettered again later.
+                        self.metrics.count_dead_letter(&dl);
+                        settler.ack(Outcome::DeadLettered).await
+                    }
                     Err(e) => {
                         warn!(error = %e, dlq = %self.dlq, "dead-letter publish not confirmed; requeueing the message");
                         settler.requeue().await

@@ -10,7 +10,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::domain::TargetName;
+use crate::domain::{DeadLetter, Reason, TargetName};
 
 /// How a delivery ended, as the `outcome` label says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +78,14 @@ pub struct Metrics {
     /// `bridge_broker_node_info{node}`: 1 for the node connected to, no
     /// series while disconnected.
     broker_node: IntGaugeVec,
+    /// `bridge_dead_letters_total{reason,target}`: the DLQ's depth says how
+    /// much waits, not why it keeps arriving; this says which cause.
+    dead_letters: IntCounterVec,
 }
+
+/// The `target` label of a dead letter that names no target (an
+/// `invalid_payload` is rejected before any target is called).
+pub const NO_TARGET: &str = "none";
 
 /// One target's `bridge_api_requests_total` and
 /// `bridge_api_request_duration_seconds` series.
@@ -170,6 +177,16 @@ impl Metrics {
             &["node"],
         )
         .expect("valid metric");
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "bridge_dead_letters_total",
+                "Messages dead-lettered (DLQ copy confirmed), one count per failed target, by reason and target (\"none\" for invalid_payload).",
+            ),
+            &["reason", "target"],
+        )
+        .expect("valid metric");
+        // A series present from the start, so a first increase shows in rate().
+        let _ = dead_letters.with_label_values(&[Reason::InvalidPayload.as_str(), NO_TARGET]);
         let build_info = IntGaugeVec::new(
             Opts::new("bridge_build_info", "1, labelled with the version running."),
             &["version"],
@@ -191,6 +208,7 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(broker_connected.clone()),
             Box::new(dlq_depth.clone()),
+            Box::new(dead_letters.clone()),
             // Process-wide (src/otel/dropped.rs); 0 while OpenTelemetry is off.
             Box::new(crate::otel::SPANS_DROPPED.clone()),
         ] {
@@ -213,7 +231,30 @@ impl Metrics {
             broker_connected,
             dlq_depth,
             broker_node,
+            dead_letters,
         }
+    }
+
+    /// Counts a dead letter whose DLQ copy the broker confirmed: once per
+    /// failed target, so a message two targets refused shows under both.
+    pub fn count_dead_letter(&self, dl: &DeadLetter) {
+        let reason = dl.reason.as_str();
+        if dl.failed.is_empty() {
+            self.dead_letters
+                .with_label_values(&[reason, NO_TARGET])
+                .inc();
+        }
+        for target in dl.failed.iter() {
+            self.dead_letters
+                .with_label_values(&[reason, target.as_str()])
+                .inc();
+        }
+    }
+
+    /// `bridge_dead_letters_total` for one reason and target (`demo` and
+    /// tests read it).
+    pub fn dead_letter_count(&self, reason: &str, target: &str) -> u64 {
+        self.dead_letters.with_label_values(&[reason, target]).get()
     }
 
     /// Records the node connected to (`None`: disconnected); the previous
@@ -236,6 +277,9 @@ impl Metrics {
     /// The series of one target, resolved once. Resolving every label
     /// combination also makes a scrape show zeros from the start.
     pub fn target(&self, target: &TargetName) -> TargetMetrics {
+        let _ = self
+            .dead_letters
+            .with_label_values(&[Reason::ApiFailed.as_str(), target.as_str()]);
         TargetMetrics {
             requests: AttemptResult::ALL.map(|r| {
                 self.api_requests
@@ -289,6 +333,34 @@ mod tests {
             "# TYPE bridge_broker_connected gauge",
             "# TYPE bridge_dead_letter_queue_depth gauge",
             "bridge_build_info{version=\"",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn dead_letters_count_once_per_failed_target() {
+        let m = Metrics::new();
+        let name = |s| TargetName::parse(s).unwrap();
+        let _ = m.target(&name("user-management"));
+        let dl = DeadLetter {
+            reason: Reason::ApiFailed,
+            failed: ["user-management", "logging"]
+                .map(name)
+                .into_iter()
+                .collect(),
+            done: crate::domain::TargetSet::empty(),
+            errors: Vec::new(),
+            attempts: 1,
+        };
+        m.count_dead_letter(&dl);
+        m.count_dead_letter(&DeadLetter::invalid_payload("EOF".into()));
+        let text = m.render();
+        for needle in [
+            "# TYPE bridge_dead_letters_total counter",
+            "bridge_dead_letters_total{reason=\"api_failed\",target=\"user-management\"} 1",
+            "bridge_dead_letters_total{reason=\"api_failed\",target=\"logging\"} 1",
+            "bridge_dead_letters_total{reason=\"invalid_payload\",target=\"none\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

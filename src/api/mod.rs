@@ -2,6 +2,7 @@
 //! contract prescribes, and the per-target retry loop.
 
 pub mod classify;
+pub mod probe;
 mod proxy;
 pub mod rate_limit;
 pub mod requests;

@@ -1,9 +1,11 @@
 //! The subcommands. Each returns the process exit code, or an error that
 //! `main` maps to one (2 for configuration, 1 otherwise).
 
+pub mod check;
 pub mod demo;
 pub mod demo_api;
 pub mod dlq;
+pub mod healthcheck;
 pub mod publish;
 pub mod run;
 
@@ -84,6 +86,8 @@ pub async fn dispatch(command: Command, raw: RawConfig) -> anyhow::Result<ExitCo
                 }
             }
         }
+        Command::Check { format } => check::run(&raw, format).await,
+        Command::Healthcheck { url } => healthcheck::run(&raw, url.as_deref()).await,
         Command::Completions { shell } => {
             let mut out = std::io::stdout().lock();
             clap_complete::generate(shell, &mut Cli::command(), "fanout-bridge", &mut out);

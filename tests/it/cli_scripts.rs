@@ -454,3 +454,31 @@ async fn text_logs_have_no_colour_off_a_terminal() {
         "no escape codes in a pipe: {line:?}"
     );
 }
+
+/// Every command `--help` lists has its row in the README's command table,
+/// so a new command is documented where users look for it.
+#[tokio::test]
+async fn every_command_in_help_is_in_the_readme() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md at the repository root");
+    let (code, help, _) = run_bin(&["--help"], &[], b"").await;
+    assert_eq!(code, 0);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(
+        commands.contains(&"check") && commands.contains(&"healthcheck"),
+        "{help}"
+    );
+    for command in commands {
+        assert!(
+            readme.contains(&format!("| `fanout-bridge {command}")),
+            "README.md's command table has no row for {command}"
+        );
+    }
+}

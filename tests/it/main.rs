@@ -6,6 +6,7 @@ mod helpers;
 
 mod acks;
 mod big_headers;
+mod check;
 mod cli;
 mod cli_scripts;
 mod confirms;
@@ -18,6 +19,7 @@ mod dlq_quorum;
 mod exact_bytes;
 mod fanout;
 mod faults;
+mod healthcheck;
 mod hold;
 mod http;
 mod keep_alive;

@@ -98,3 +98,45 @@ async fn metrics_count_a_known_mix_of_outcomes() {
     .await;
     worker.stop().await;
 }
+
+/// `bridge_dead_letters_total` says why messages are dead-lettered: one count
+/// per failed target, `target="none"` for a body that is not JSON.
+#[tokio::test]
+async fn dead_letters_are_counted_per_reason_and_failed_target() {
+    let broker = Broker::new("deadletters").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    // "a" fails at logging alone; "b" at both; "c" is not JSON.
+    log.for_key("a", Reply::status(400));
+    user.for_key("b", Reply::status(400));
+    log.for_key("b", Reply::status(400));
+    let worker = Worker::start(&broker, fast_settings(&user, &log)).await;
+    for (id, body) in [
+        ("a", &b"{\"n\":1}"[..]),
+        ("b", b"{\"n\":2}"),
+        ("c", b"nope"),
+    ] {
+        let props = BasicProperties::default().with_message_id(id.into());
+        broker.publish(body, props).await;
+    }
+    worker.wait_settled(3).await;
+    assert_eq!(
+        worker.count(fanout_bridge::metrics::Outcome::DeadLettered),
+        3
+    );
+
+    let (_, text) = http_get(worker.ops, "/metrics").await;
+    let count = |reason: &str, target: &str| {
+        value(
+            &text,
+            &format!("bridge_dead_letters_total{{reason=\"{reason}\",target=\"{target}\"}}"),
+        )
+    };
+    assert_eq!(count("api_failed", "logging"), Some(2.0), "{text}");
+    assert_eq!(count("api_failed", "user-management"), Some(1.0), "{text}");
+    assert_eq!(count("invalid_payload", "none"), Some(1.0), "{text}");
+    assert!(
+        text.contains("# TYPE bridge_dead_letters_total counter"),
+        "{text}"
+    );
+    worker.stop().await;
+}

@@ -837,3 +837,61 @@ async fn an_http2_connection_that_went_silent_is_replaced_within_seconds() {
     assert_eq!(seen.lock().unwrap().len(), 2);
     worker.stop().await;
 }
+
+// === fanout-bridge check ===
+
+/// `check` shakes hands with each https:// target as the worker would: the
+/// private CA from BRIDGE_CA_FILE trusted, through HTTPS_PROXY's tunnel; an
+/// untrusted certificate fails the TLS line alone.
+#[tokio::test]
+async fn check_verifies_https_targets_with_ca_file_and_through_the_proxy() {
+    let pki = Pki::new("check");
+    let broker = Broker::new("tls.check").await;
+    let apis = https_apis(&pki, false).await;
+    let proxy = ConnectProxy::start().await;
+    let mut settings = broker.vars();
+    settings.extend(apis.settings.clone());
+    settings.push(pki.ca_var());
+    settings.push((
+        "HTTPS_PROXY".into(),
+        format!("http://user:proxy-pw@{}", proxy.addr),
+    ));
+    let (code, stdout, stderr) = run_bin(&["check"], &settings, b"").await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for target in ["user-management", "logging"] {
+        let tls = stdout
+            .lines()
+            .find(|l| l.contains(&format!("target {target} tls:")))
+            .unwrap_or_else(|| panic!("no TLS line for {target}: {stdout}"));
+        assert!(tls.starts_with("ok") && tls.contains("verified"), "{tls}");
+        let tcp = stdout
+            .lines()
+            .find(|l| l.contains(&format!("target {target} tcp:")))
+            .unwrap();
+        assert!(tcp.contains(&format!("proxy at {}", proxy.addr)), "{tcp}");
+    }
+    assert!(!stdout.contains("proxy-pw"), "{stdout}");
+    let tunnels = proxy
+        .heads()
+        .iter()
+        .filter(|h| h.starts_with(&format!("CONNECT 127.0.0.1:{} ", apis.user_tls.addr.port())))
+        .count();
+    assert!(tunnels >= 1, "{:?}", proxy.heads());
+    assert_eq!(apis.user.count() + apis.log.count(), 0, "no request sent");
+
+    // Without the CA the handshake fails, and says why.
+    settings.retain(|(k, _)| k != "BRIDGE_CA_FILE" && k != "HTTPS_PROXY");
+    let (code, stdout, _) = run_bin(&["check"], &settings, b"").await;
+    assert_eq!(code, 1, "{stdout}");
+    let tls = stdout
+        .lines()
+        .find(|l| l.contains("target logging tls:"))
+        .unwrap();
+    assert!(tls.starts_with("FAIL"), "{tls}");
+    assert!(tls.to_lowercase().contains("certificate"), "{tls}");
+    let tcp = stdout
+        .lines()
+        .find(|l| l.contains("target logging tcp:"))
+        .unwrap();
+    assert!(tcp.starts_with("ok"), "{tcp}");
+}
