@@ -271,7 +271,8 @@ impl DeliveryHandler {
                 self.hold(settler, publisher, props, msg, done).await
             }
             Disposition::Return { done } => {
-                info!(%done, "calls stopped as intake resumes: back to the queue with the targets done so far");
+                // Intake resumes after a hold pause, or shutdown's grace is over.
+                info!(%done, "calls stopped before they ended: back to the queue with the targets done so far");
                 self.hold(settler, publisher, props, msg, done).await
             }
         }

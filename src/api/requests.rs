@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use tracing::warn;
 
 use crate::domain::{message::is_header_safe, BodyShape, InboundMessage};
 
@@ -38,14 +39,6 @@ pub enum UnsendableId {
         "message_id {0:?} contains control characters and cannot be sent as the Idempotency-Key header"
     )]
     ControlCharacters(String),
-    /// An id that is not UTF-8 on the wire (the AMQP parser,
-    /// patches/amq-protocol-types, keeps its bytes as private-use chars) has
-    /// no faithful text form for an HTTP header: the API would see a key the
-    /// publisher never sent.
-    #[error(
-        "message_id {0:?} is not valid UTF-8 on the wire; it cannot be a reliable Idempotency-Key"
-    )]
-    NotUtf8(String),
 }
 
 impl Requests {
@@ -64,28 +57,37 @@ impl Requests {
         let mut headers = HeaderMap::with_capacity(5);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         // from_bytes, not from_str: a non-ASCII id travels as its UTF-8 bytes
-        // (obs-text) rather than being refused.
-        if msg.message_id_from_property
-            && crate::broker::fields::short_string_is_raw(msg.message_id.as_str())
-        {
-            return Err(UnsendableId::NotUtf8(
-                crate::broker::fields::short_string_display(msg.message_id.as_str()).into_owned(),
-            ));
-        }
+        // (obs-text) rather than being refused. (An id that was not UTF-8 on
+        // the wire is already its `raw-sha256:` key, see MessageId::of_raw_id.)
         let key = HeaderValue::from_bytes(msg.message_id.as_str().as_bytes())
             .map_err(|_| UnsendableId::ControlCharacters(msg.message_id.to_string()))?;
         headers.insert(IDEMPOTENCY_KEY.clone(), key);
+        // These only help tracing; one that cannot be sent as it came is left
+        // out rather than failing the message, or being sent changed (the API
+        // would correlate on a value the publisher never used).
+        if let Some(v) = &msg.correlation_id {
+            match unsendable_correlation_id(v) {
+                None => insert(&mut headers, &CORRELATION_ID, v),
+                Some(why) => warn!(
+                    // Debug: quoted and escaped, a line break cannot forge a log line.
+                    correlation_id = ?crate::broker::fields::short_string_display(v),
+                    "correlation_id {why}: X-Correlation-Id left out"
+                ),
+            }
+        }
         for (name, value) in [
-            (&CORRELATION_ID, &msg.correlation_id),
             (&TRACEPARENT, &msg.traceparent),
             (&TRACESTATE, &msg.tracestate),
         ] {
-            // These only help tracing; one that cannot be a header is dropped
-            // rather than failing the message.
-            if let Some(v) = value.as_deref().filter(|v| is_header_safe(v)) {
-                if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
-                    headers.insert(name.clone(), v);
-                }
+            let Some(v) = value else { continue };
+            // W3C trace context is visible ASCII; anything else (a value
+            // read lossily from bytes that were not UTF-8 included) is not
+            // a trace context an API could use.
+            if v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                insert(&mut headers, name, v);
+            } else {
+                // The value is not logged: a header can be a frame long.
+                warn!(header = %name, "not a valid trace-context value: header left out");
             }
         }
         let envelope = envelope.then(|| {
@@ -100,6 +102,25 @@ impl Requests {
             raw: msg.body.clone(),
             envelope,
         })
+    }
+}
+
+/// Why a correlation id cannot be sent as `X-Correlation-Id`, if it cannot.
+fn unsendable_correlation_id(v: &str) -> Option<&'static str> {
+    if crate::broker::fields::short_string_is_raw(v) {
+        // Its text form holds private-use chars standing for the bytes, not
+        // the bytes: the API would see a value nobody sent.
+        Some("is not UTF-8 on the wire")
+    } else if !is_header_safe(v) {
+        Some("holds control characters")
+    } else {
+        None
+    }
+}
+
+fn insert(headers: &mut HeaderMap, name: &HeaderName, v: &str) {
+    if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
+        headers.insert(name.clone(), v);
     }
 }
 
@@ -147,5 +168,19 @@ mod tests {
             "an unsendable optional header is dropped"
         );
         assert!(Requests::build(&message("a\r\nb", None), b"1", "e", true).is_err());
+    }
+
+    #[test]
+    fn values_that_were_not_utf8_are_left_out_rather_than_sent_changed() {
+        // What the AMQP parser makes of b"corr-\xff": the private-use char
+        // is not the byte the publisher sent.
+        let mut msg = message("id-1", Some("corr-\u{10FFFF}"));
+        msg.traceparent = Some("00-\u{FFFD}-\u{FFFD}-01".into());
+        msg.tracestate = Some("k=v".into());
+        let r = Requests::build(&msg, b"1", "e", false).unwrap();
+        assert!(!r.headers.contains_key("x-correlation-id"));
+        assert!(!r.headers.contains_key("traceparent"));
+        assert_eq!(r.headers["tracestate"], "k=v");
+        assert_eq!(r.headers["idempotency-key"], "id-1");
     }
 }

@@ -107,7 +107,13 @@ pub fn header_int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
 pub fn inbound_message(props: &BasicProperties, body: Bytes) -> (InboundMessage, Vec<String>) {
     let headers = props.headers().as_ref();
     let message_id_property = props.message_id().as_ref().map(ShortString::as_str);
-    let message_id = MessageId::resolve(message_id_property, &body);
+    let message_id = match message_id_property {
+        // Keyed by its exact bytes; the property itself stays as it came on
+        // every copy (`message_id_from_property`), so a replay gets the same
+        // key again.
+        Some(id) if short_string_is_raw(id) => MessageId::of_raw_id(&short_string_bytes(id)),
+        _ => MessageId::resolve(message_id_property, &body),
+    };
     let (done, unknown) = header_text(headers, dead_letter::DONE_TARGETS)
         .map(|v| TargetSet::parse_lenient(&v))
         .unwrap_or_default();
@@ -400,6 +406,25 @@ mod tests {
         assert!(!short_string_is_raw("é\u{FFFD}"));
         assert_eq!(short_string_display("é\u{FFFD}"), "é\u{FFFD}");
         assert_eq!(short_string_hex("é"), None);
+    }
+
+    #[test]
+    fn a_message_id_that_was_not_utf8_is_keyed_by_its_bytes_and_kept_on_copies() {
+        // What the vendored parser makes of b"id-\xff\xfe".
+        let raw = "id-\u{10FFFF}\u{10FFFE}";
+        let props = BasicProperties::default().with_message_id(raw.into());
+        let (msg, _) = inbound_message(&props, Bytes::from_static(b"{}"));
+        assert_eq!(msg.message_id, MessageId::of_raw_id(b"id-\xff\xfe"));
+        assert!(msg.message_id_from_property);
+        let dl = crate::domain::DeadLetter::invalid_payload("bad".into());
+        let copy = dead_letter_properties(
+            &props,
+            &msg,
+            crate::domain::dead_letter::headers(&dl, time::OffsetDateTime::UNIX_EPOCH),
+        );
+        assert_eq!(copy.message_id().as_ref().unwrap().as_str(), raw);
+        let held = held_properties(&props, &msg, TargetSet::empty());
+        assert_eq!(held.message_id().as_ref().unwrap().as_str(), raw);
     }
 
     #[test]

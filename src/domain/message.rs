@@ -10,9 +10,9 @@ use sha2::{Digest, Sha256};
 
 use super::TargetSet;
 
-/// The idempotency key `M` of the contract: the AMQP `message_id` if set, else a
-/// stable hash of the body, so a redelivery or a replay is recognisable by the
-/// APIs.
+/// The idempotency key `M` of the contract: the AMQP `message_id` if set (a
+/// hash of its bytes when they are not UTF-8), else a stable hash of the
+/// body, so a redelivery or a replay is recognisable by the APIs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageId(String);
 
@@ -28,6 +28,16 @@ impl MessageId {
 
     pub fn of_body(body: &[u8]) -> MessageId {
         MessageId(format!("sha256:{:x}", Sha256::digest(body)))
+    }
+
+    /// The key of a `message_id` property whose wire bytes are not UTF-8:
+    /// `raw-sha256:` + the hex SHA-256 of those bytes. Such an id has no
+    /// faithful text form for an HTTP header, but it is still the
+    /// publisher's id: hashing its exact bytes keeps every redelivery and
+    /// replay of the message under one key, and distinct ids under distinct
+    /// keys (a lossy text form could merge two of them).
+    pub fn of_raw_id(wire: &[u8]) -> MessageId {
+        MessageId(format!("raw-sha256:{:x}", Sha256::digest(wire)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -140,6 +150,18 @@ mod tests {
         assert!(a.as_str().starts_with("sha256:"));
         assert_eq!(a.as_str().len(), 7 + 64);
         assert_ne!(a, MessageId::resolve(None, b"{\"a\":2}"));
+    }
+
+    #[test]
+    fn a_raw_id_is_keyed_by_its_exact_bytes() {
+        let a = MessageId::of_raw_id(b"id-\xff\xfe");
+        assert_eq!(a, MessageId::of_raw_id(b"id-\xff\xfe"));
+        assert_eq!(
+            a.as_str(),
+            "raw-sha256:7a57e4a525f9cf6fdc1bf0e1dcb51d2573db9c168afeab5a1e87f0296c1ead54"
+        );
+        assert_ne!(a, MessageId::of_raw_id(b"id-\xff\xfd"));
+        assert!(is_header_safe(a.as_str()));
     }
 
     #[test]

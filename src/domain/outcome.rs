@@ -55,8 +55,8 @@ pub enum Disposition {
     /// Only transient failures under the `hold` policy: back to the inbound
     /// queue with the targets that accepted it, then ack, and pause.
     Hold { done: TargetSet },
-    /// Its calls were stopped before they all ended (intake resumes after a
-    /// hold pause and this delivery outlived the grace): back to the inbound
+    /// Its calls were stopped before they all ended (it outlived the grace
+    /// of a hold pause, or of shutdown): back to the inbound
     /// queue with the targets that accepted it so far, then ack, without a
     /// new pause. Handing it back instead would lose that record.
     Return { done: TargetSet },

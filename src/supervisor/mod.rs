@@ -48,6 +48,12 @@ const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const HOLD_FINISH_GRACE: Duration = Duration::from_secs(5);
 /// How long deliveries already sent to a cancelled consumer are waited for.
 const CANCEL_DRAIN: Duration = Duration::from_secs(2);
+/// On shutdown, how long deliveries still running when the grace ends may
+/// take to go back to the queue with their done targets (a republish and its
+/// confirm: milliseconds on a healthy broker). A hard cap, so shutdown takes
+/// at most the grace plus this (plus closing); the deployment manifests'
+/// termination periods leave room for it.
+const SHUTDOWN_WRAP_UP: Duration = Duration::from_secs(5);
 
 /// Everything the supervisor needs; built by [`crate::app`].
 pub struct Supervisor {
@@ -63,7 +69,8 @@ pub struct Supervisor {
 }
 
 enum End {
-    Shutdown,
+    /// With the deliveries of the consumer that was running, if any.
+    Shutdown(Option<ConsumerTasks>),
     Fault(String),
 }
 
@@ -97,8 +104,8 @@ impl Supervisor {
                     let end = self.consume(&mut session, &shutdown).await;
                     self.health.set_consuming(false);
                     match end {
-                        End::Shutdown => {
-                            self.drain().await;
+                        End::Shutdown(tasks) => {
+                            self.drain(tasks.as_ref()).await;
                             session.close().await;
                             self.health.set_connected(false);
                             self.metrics.set_broker_node(None);
@@ -130,7 +137,7 @@ impl Supervisor {
                 () = shutdown.cancelled() => break,
             }
         }
-        self.drain().await;
+        self.drain(None).await;
         Ok(())
     }
 
@@ -175,7 +182,7 @@ impl Supervisor {
                         info!("shutdown: no longer taking messages");
                         self.health.set_consuming(false);
                         self.stop_consumer(session, &mut consumer).await;
-                        return End::Shutdown;
+                        return End::Shutdown(Some(tasks));
                     }
                     Ok(()) = pause.changed() => {
                         if let Some(until) = *pause.borrow_and_update() {
@@ -214,7 +221,7 @@ impl Supervisor {
             loop {
                 tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => return End::Shutdown,
+                    () = shutdown.cancelled() => return End::Shutdown(Some(tasks)),
                     () = tokio::time::sleep_until(until) => break,
                     Ok(()) = pause.changed() => {
                         if let Some(later) = *pause.borrow_and_update() {
@@ -235,7 +242,7 @@ impl Supervisor {
             // the targets done so far.
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return End::Shutdown,
+                () = shutdown.cancelled() => return End::Shutdown(Some(tasks)),
                 () = tasks.finish(HOLD_FINISH_GRACE) => {}
             }
             info!("outage pause over: taking messages again");
@@ -343,8 +350,12 @@ impl Supervisor {
         })
     }
 
-    /// Waits for in-flight deliveries, at most the grace period.
-    async fn drain(&self) {
+    /// Waits for in-flight deliveries, at most the grace period; then has
+    /// those of `tasks` (the last consumer's) still running stop their calls
+    /// and go back to the queue with the targets done so far, for at most
+    /// [`SHUTDOWN_WRAP_UP`]. Left unacked instead, they would be redelivered
+    /// without that record and the APIs that had accepted them called again.
+    async fn drain(&self, tasks: Option<&ConsumerTasks>) {
         self.tracker.close();
         let in_flight = self.tracker.len();
         if in_flight > 0 {
@@ -354,12 +365,30 @@ impl Supervisor {
                 "waiting for in-flight messages"
             );
         }
-        match tokio::time::timeout(self.shutdown_grace, self.tracker.wait()).await {
-            Ok(()) => info!("all in-flight messages settled"),
-            Err(_) => warn!(
-                unfinished = self.tracker.len(),
-                "grace period over: unfinished messages stay unacked and will be redelivered"
-            ),
+        if tokio::time::timeout(self.shutdown_grace, self.tracker.wait())
+            .await
+            .is_ok()
+        {
+            info!("all in-flight messages settled");
+            return;
         }
+        if let Some(tasks) = tasks {
+            info!(
+                unfinished = self.tracker.len(),
+                "grace period over: stopping the calls of unfinished messages; they go back to the queue with the targets done so far"
+            );
+            tasks.wrap_up.cancel();
+            if tokio::time::timeout(SHUTDOWN_WRAP_UP, self.tracker.wait())
+                .await
+                .is_ok()
+            {
+                info!("all in-flight messages settled");
+                return;
+            }
+        }
+        warn!(
+            unfinished = self.tracker.len(),
+            "unfinished messages stay unacked and will be redelivered"
+        );
     }
 }

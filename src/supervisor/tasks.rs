@@ -48,7 +48,7 @@ impl ConsumerTasks {
     /// rest stop their calls and settle (back to the queue with the targets
     /// done so far: a nack would lose that record, and call those APIs
     /// again), and abandons what still runs after that.
-    pub(super) async fn finish(self, grace: Duration) {
+    pub(super) async fn finish(&self, grace: Duration) {
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())
             .await
@@ -66,7 +66,7 @@ impl ConsumerTasks {
 
     /// Makes every task still running drop its work (handing its message
     /// back if the channel is still open) and waits for them to end.
-    pub(super) async fn abandon(self) {
+    pub(super) async fn abandon(&self) {
         self.token.cancel();
         self.tasks.close();
         let running = self.tasks.len();

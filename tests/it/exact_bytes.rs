@@ -6,6 +6,8 @@
 //! On the old, lossy decoding (U+FFFD) both tests fail: the copies carry
 //! U+FFFD, and the two names below merge into one.
 
+use sha2::Digest;
+
 use crate::{
     helpers::*,
     raw_amqp::{wire, Props, RawConnection},
@@ -98,7 +100,9 @@ async fn the_workers_dead_letter_copy_keeps_short_strings_that_are_not_utf8_byte
         headers: Some(wire::table(&headers(&[]))),
         delivery_mode: Some(2),
         correlation_id: Some(b"corr-\xfe".to_vec()),
-        message_id: Some(b"bytes-dl-1".to_vec()),
+        // Now that a binary id no longer stops the message, the copy of one
+        // that an API refused must keep it byte for byte too.
+        message_id: Some(b"bytes-dl-\xff\xfe".to_vec()),
         kind: Some(b"user.\xffregistered".to_vec()),
         app_id: Some(b"app-\xc3".to_vec()),
         ..Props::default()
@@ -107,6 +111,11 @@ async fn the_workers_dead_letter_copy_keeps_short_strings_that_are_not_utf8_byte
         .await;
     worker.wait_settled(1).await;
     worker.stop().await;
+    let key = format!(
+        "raw-sha256:{:x}",
+        sha2::Sha256::digest(b"bytes-dl-\xff\xfe")
+    );
+    assert_eq!(user.keys(), [key].into(), "called under the id's key");
 
     let got = raw.get(&broker.dlq).await.expect("the dead-letter copy");
     assert_eq!(&got.body[..], b"{\"x\":1}");

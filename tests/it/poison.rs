@@ -73,30 +73,14 @@ impl Case {
     /// is the Idempotency-Key the valid poison message reaches the APIs with.
     /// Returns the DLQ copy of the invalid one.
     async fn finish(self, name: &str, poison_key: &str) -> Delivery {
-        let mut dead = self.settle(name, Some(poison_key)).await;
+        let mut dead = self.settle(name, poison_key).await;
         assert_eq!(dead.len(), 1, "one DLQ copy");
         let d = dead.pop().unwrap();
         assert_eq!(&d.data[..], b"{\"poison\":");
         d
     }
 
-    /// As [`Case::finish`] for a poison message whose `message_id` was not
-    /// UTF-8: it cannot be a reliable Idempotency-Key, so both copies are
-    /// dead-lettered without calling an API. Returns the copy whose body was
-    /// valid JSON.
-    async fn finish_without_key(self, name: &str) -> Delivery {
-        let dead = self.settle(name, None).await;
-        assert_eq!(dead.len(), 2, "both poison messages dead-lettered");
-        let d = dead
-            .into_iter()
-            .find(|d| &d.data[..] == b"{\"poison\":1}")
-            .expect("the copy with the valid body");
-        let error = header_text(&d, "x-bridge-error").unwrap_or_default();
-        assert!(error.contains("not valid UTF-8"), "{error}");
-        d
-    }
-
-    async fn settle(self, name: &str, poison_key: Option<&str>) -> Vec<Delivery> {
+    async fn settle(self, name: &str, poison_key: &str) -> Vec<Delivery> {
         let Case {
             broker,
             user,
@@ -107,9 +91,7 @@ impl Case {
         } = self;
         raw.close().await;
         let mut ids = broker.publish_numbered(name, 0..NORMAL).await;
-        if let Some(key) = poison_key {
-            ids.insert(key.to_owned());
-        }
+        ids.insert(poison_key.to_owned());
         wait_until("every message reached both APIs", DEADLINE, || {
             assert!(
                 !watch.dropped(),
@@ -124,15 +106,14 @@ impl Case {
             async move { settled == NORMAL as u64 + 2 }
         })
         .await;
-        let valid_poison = u64::from(poison_key.is_some());
         assert_eq!(
             (
                 worker.count(Outcome::Acked),
                 worker.count(Outcome::DeadLettered),
                 worker.count(Outcome::Requeued)
             ),
-            (NORMAL as u64 + valid_poison, 2 - valid_poison, 0),
-            "the normal ones (and a valid poison message with a usable key) acked, the rest dead-lettered"
+            (NORMAL as u64 + 1, 1, 0),
+            "the normal ones and the valid poison message acked, the invalid one dead-lettered"
         );
         assert!(
             !watch.dropped(),
@@ -197,8 +178,14 @@ async fn a_header_name_that_is_not_utf8_is_taken_and_the_queue_moves_on() {
     assert_eq!(header_text(&d, "tenant").as_deref(), Some("acme"));
 }
 
+/// The Idempotency-Key of a `message_id` whose bytes are not UTF-8.
+fn raw_key(id: &[u8]) -> String {
+    use sha2::Digest;
+    format!("raw-sha256:{:x}", sha2::Sha256::digest(id))
+}
+
 #[tokio::test]
-async fn property_values_that_are_not_utf8_are_taken_and_a_message_id_among_them_dead_letters() {
+async fn property_values_that_are_not_utf8_are_taken_and_a_message_id_among_them_is_a_key() {
     let mut case = Case::start("poison.props").await;
     let props = Props {
         content_type: Some(b"application/json; charset=\xff".to_vec()),
@@ -211,10 +198,18 @@ async fn property_values_that_are_not_utf8_are_taken_and_a_message_id_among_them
         ..Props::default()
     };
     case.publish_poison(&props).await;
-    // A message_id that is not UTF-8 cannot be a reliable Idempotency-Key
-    // (two such ids can read the same), so the message is dead-lettered
-    // without an API call; the other values are harmless.
-    let d = case.finish_without_key("props").await;
+    // A message_id that is not UTF-8 is keyed by its exact bytes (its text
+    // form is not what the publisher sent); the valid body is delivered
+    // under that key, and X-Correlation-Id, which could only be sent
+    // changed, is left out.
+    let user = case.user.clone();
+    let d = case.finish("props", &raw_key(b"poison-\xff")).await;
+    let sent = user.received();
+    assert!(
+        sent.iter()
+            .all(|r| !r.headers.contains_key("x-correlation-id")),
+        "{sent:?}"
+    );
     // The DLQ copy keeps their bytes, so it can be replayed.
     let p = &d.properties;
     let s = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.to_string());
@@ -244,7 +239,7 @@ async fn a_full_length_short_string_that_is_not_utf8_still_fits_when_republished
         ..Props::default()
     };
     case.publish_poison(&props).await;
-    let d = case.finish_without_key("long-short").await;
+    let d = case.finish("long-short", &raw_key(&[0xff; 255])).await;
     assert_eq!(
         d.properties.message_id().as_ref().unwrap().as_str(),
         "\u{10FFFF}".repeat(255)
@@ -253,6 +248,64 @@ async fn a_full_length_short_string_that_is_not_utf8_still_fits_when_republished
         header(&d, &"\u{10FFFE}".repeat(255)),
         &AMQPValue::LongString("v".into())
     );
+}
+
+/// A `message_id` that is not UTF-8 is still the publisher's id: both APIs
+/// get the same key, derived from its exact bytes, on every delivery, and
+/// another id (even one that would read the same lossily) gets another key.
+#[tokio::test]
+async fn a_message_id_that_is_not_utf8_is_one_stable_key_for_both_apis() {
+    let case = Case::start("poison.rawid").await;
+    let Case {
+        broker,
+        user,
+        log,
+        worker,
+        watch,
+        mut raw,
+    } = case;
+    let props = |id: &[u8]| Props {
+        message_id: Some(id.to_vec()),
+        ..Props::default()
+    };
+    // The same message twice (a redelivery or a replay looks like this),
+    // then one whose id differs only in a byte that is not UTF-8.
+    for id in [&b"id-\xff\xfe"[..], b"id-\xff\xfe", b"id-\xff\xfd"] {
+        raw.publish_to_queue(&broker.queue, &props(id), b"{\"a\":1}")
+            .await;
+    }
+    raw.close().await;
+    worker.wait_settled(3).await;
+    assert_eq!(
+        (
+            worker.count(Outcome::Acked),
+            worker.count(Outcome::DeadLettered)
+        ),
+        (3, 0)
+    );
+    assert!(!watch.dropped());
+    worker.stop().await;
+
+    let (key, other) = (raw_key(b"id-\xff\xfe"), raw_key(b"id-\xff\xfd"));
+    for api in [&user, &log] {
+        let per_key = api.per_key();
+        assert_eq!(
+            (per_key.get(&key), per_key.get(&other), per_key.len()),
+            (Some(&2), Some(&1), 2),
+            "{per_key:?}"
+        );
+    }
+    for r in log.received() {
+        let envelope = r.json();
+        assert_eq!(
+            envelope["message_id"].as_str(),
+            r.header("idempotency-key").as_deref(),
+            "the envelope names the message by its key"
+        );
+        assert_eq!(envelope["data"], serde_json::json!({"a": 1}));
+    }
+    assert_eq!(broker.depth(&broker.queue).await, 0);
+    assert_eq!(broker.depth(&broker.dlq).await, 0);
 }
 
 #[tokio::test]
@@ -307,6 +360,15 @@ async fn long_string_header_values_that_are_not_utf8_travel_byte_for_byte() {
         keys(&user).contains("poison-longstr"),
         "an unknown done target is ignored: the API is called"
     );
+    // Read lossily (U+FFFD), they are no trace context the publisher sent:
+    // left out, not passed on changed.
+    for r in user.received() {
+        assert!(
+            !r.headers.contains_key("traceparent") && !r.headers.contains_key("tracestate"),
+            "{:?}",
+            r.headers
+        );
+    }
     assert_eq!(
         header(&d, "blob"),
         &AMQPValue::LongString(b"\xff\xfe\x00bytes".to_vec().into())

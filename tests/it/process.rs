@@ -59,6 +59,75 @@ async fn sigterm_grace_expiry_leaves_unfinished_messages_for_redelivery() {
         .await;
 }
 
+/// A message still calling an API when the grace ends goes back to the
+/// queue remembering which APIs accepted it: left unacked, it came back
+/// without that record and the API that had accepted it was called again.
+#[tokio::test]
+async fn sigterm_grace_expiry_keeps_the_done_targets_of_unfinished_messages() {
+    let broker = Broker::new("gracedone").await;
+    let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+    // Logging hangs on the first call for "cut", far past the grace; user
+    // management accepts at once.
+    log.for_key("cut", Reply::ok().delay(Duration::from_secs(30)));
+    let mut settings = fast_settings(&user, &log);
+    settings.push(("BRIDGE_HTTP_TIMEOUT_MS".into(), "60000".into()));
+    settings.push(("BRIDGE_SHUTDOWN_GRACE_MS".into(), "500".into()));
+    let mut first = Process::start(&broker, settings.clone()).await;
+
+    broker
+        .publish(
+            b"{\"a\":1}",
+            lapin::BasicProperties::default().with_message_id("cut".into()),
+        )
+        .await;
+    wait_until(
+        "user-management accepted it, logging is answering",
+        Duration::from_secs(10),
+        || {
+            let mid_flight = user.keys().contains("cut") && log.arrived("cut");
+            async move { mid_flight }
+        },
+    )
+    .await;
+    first.signal("TERM");
+    assert_eq!(
+        first.wait_exit(Duration::from_secs(15)).await,
+        Some(0),
+        "{}",
+        first.log_text()
+    );
+
+    let second = Process::start(&broker, settings).await;
+    wait_until(
+        "logging accepted it on the next delivery",
+        Duration::from_secs(20),
+        || {
+            let accepted = log.keys().contains("cut");
+            async move { accepted }
+        },
+    )
+    .await;
+    wait_until(
+        "the next delivery acked",
+        Duration::from_secs(10),
+        || async {
+            second
+                .metric("bridge_messages_total{outcome=\"acked\"}")
+                .await
+                == 1.0
+        },
+    )
+    .await;
+    assert_eq!(
+        user.per_key().get("cut"),
+        Some(&1),
+        "user-management was called again; first worker's log: {}",
+        first.log_text()
+    );
+    assert_eq!(broker.depth(&broker.queue).await, 0);
+    assert_eq!(broker.depth(&broker.dlq).await, 0);
+}
+
 #[tokio::test]
 async fn sigkill_mid_stream_loses_nothing() {
     let broker = Broker::new("sigkill").await;
