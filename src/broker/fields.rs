@@ -11,7 +11,9 @@ use lapin::{
     BasicProperties,
 };
 
-use crate::domain::{dead_letter, HeaderValue, InboundMessage, MessageId, TargetSet};
+use crate::domain::{
+    dead_letter, message::is_header_safe, HeaderValue, InboundMessage, MessageId, TargetSet,
+};
 
 /// Persistent, in AMQP's `delivery_mode` terms.
 pub const PERSISTENT: u8 = 2;
@@ -108,10 +110,13 @@ pub fn inbound_message(props: &BasicProperties, body: Bytes) -> (InboundMessage,
     let headers = props.headers().as_ref();
     let message_id_property = props.message_id().as_ref().map(ShortString::as_str);
     let message_id = match message_id_property {
-        // Keyed by its exact bytes; the property itself stays as it came on
-        // every copy (`message_id_from_property`), so a replay gets the same
-        // key again.
-        Some(id) if short_string_is_raw(id) => MessageId::of_raw_id(&short_string_bytes(id)),
+        // Keyed by its exact bytes (not UTF-8, or control characters that
+        // cannot be a header value: the body may be fine, so this is not an
+        // invalid payload); the property itself stays as it came on every
+        // copy (`message_id_from_property`), so a replay gets the same key.
+        Some(id) if short_string_is_raw(id) || !is_header_safe(id) => {
+            MessageId::of_raw_id(&short_string_bytes(id))
+        }
         _ => MessageId::resolve(message_id_property, &body),
     };
     let (done, unknown) = header_text(headers, dead_letter::DONE_TARGETS)
