@@ -141,16 +141,16 @@ async fn a_duration_the_worker_cannot_honour_exits_2() {
     }
 }
 
-/// The README's settings table (under "### Settings"): each variable named
-/// in a row's first cell, with that row's default cell (backticks and bold
-/// dropped).
-fn readme_settings() -> Vec<(String, String)> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md at the repository root");
-    let section = readme
-        .split("\n### Settings\n")
+/// The settings table under `heading` in the document `path` (relative to
+/// the repository): each variable named in a row's first cell, with that
+/// row's default cell (backticks and bold dropped).
+fn documented_settings(path: &str, heading: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let section = text
+        .split(&format!("\n{heading}\n"))
         .nth(1)
-        .expect("a \"### Settings\" section in README.md");
+        .unwrap_or_else(|| panic!("a {heading:?} section in {path}"));
     let mut rows = Vec::new();
     for line in section
         .lines()
@@ -167,19 +167,19 @@ fn readme_settings() -> Vec<(String, String)> {
     rows
 }
 
-/// Every `BRIDGE_*` (and `OTEL_*`, proxy) row of the settings table that drives
-/// parsing and `run --help` is in the README's table with the same default,
-/// and the README lists no `BRIDGE_*` variable the table lacks.
-#[test]
-fn the_readme_settings_table_matches_the_settings_table() {
+/// Differences between a documented table and the settings table that
+/// drives parsing and `run --help`: a wrong default, a variable the code does
+/// not have, and (when `complete`) a variable the document lacks.
+fn settings_problems(path: &str, rows: &[(String, String)], complete: bool) -> Vec<String> {
     use fanout_bridge::config::table::{WhenUnset, OTEL_SETTINGS, PROXY_SETTINGS, SETTINGS};
-    let readme = readme_settings();
     let mut problems = Vec::new();
-    // RUST_LOG has no row of its own in the README (BRIDGE_LOG_FORMAT's says it).
+    // RUST_LOG has no row of its own (BRIDGE_LOG_FORMAT's says it).
     let documented = SETTINGS.iter().filter(|d| d.name.starts_with("BRIDGE_"));
     for doc in documented.chain(OTEL_SETTINGS).chain(PROXY_SETTINGS) {
-        let Some((_, shown)) = readme.iter().find(|(name, _)| name == doc.name) else {
-            problems.push(format!("{} is not in README.md's settings table", doc.name));
+        let Some((_, shown)) = rows.iter().find(|(name, _)| name == doc.name) else {
+            if complete {
+                problems.push(format!("{} is not in {path}'s settings table", doc.name));
+            }
             continue;
         };
         let same = match doc.default {
@@ -190,18 +190,29 @@ fn the_readme_settings_table_matches_the_settings_table() {
         };
         if !same {
             problems.push(format!(
-                "{}: README.md says {shown:?}, the settings table {}",
+                "{}: {path} says {shown:?}, the settings table {}",
                 doc.name, doc.default
             ));
         }
     }
-    for (name, _) in readme.iter().filter(|(n, _)| n.starts_with("BRIDGE_")) {
+    for (name, _) in rows.iter().filter(|(n, _)| n.starts_with("BRIDGE_")) {
         if !SETTINGS.iter().any(|d| d.name == name) {
-            problems.push(format!(
-                "README.md lists {name}, the settings table does not"
-            ));
+            problems.push(format!("{path} lists {name}, the settings table does not"));
         }
     }
+    problems
+}
+
+/// docs/settings.md lists every `BRIDGE_*` (and `OTEL_*`, proxy) setting with
+/// its default; the README's short table ("the settings that matter") agrees
+/// with the code on every row it has.
+#[test]
+fn the_documented_settings_match_the_settings_table() {
+    let reference = documented_settings("docs/settings.md", "## Settings");
+    let readme = documented_settings("README.md", "## Settings that matter");
+    let mut problems = settings_problems("docs/settings.md", &reference, true);
+    problems.extend(settings_problems("README.md", &readme, false));
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    assert!(readme.len() > 20, "the table was found: {readme:?}");
+    assert!(reference.len() > 20, "the table was found: {reference:?}");
+    assert!(readme.len() > 8, "the table was found: {readme:?}");
 }
