@@ -3,29 +3,9 @@
 //! logging API) at the same time; acks when all accepted it, otherwise moves
 //! it to a dead-letter queue with the reason.
 //!
-//! # Layout
-//!
-//! - [`config`]: `BRIDGE_*` settings, validated before anything connects.
-//! - [`cli`] and [`commands`]: the subcommands of the binary.
-//! - [`app`]: the [`app::Worker`]: wires metrics, health, the delivery
-//!   handler, the supervisor and the ops listener, and runs them.
-//! - [`supervisor`]: orchestration: broker sessions, the consumer loop,
-//!   delivery tasks and readiness, across broker faults.
-//! - [`delivery`]: the [`delivery::DeliveryHandler`]: one delivery from parse
-//!   to settle; the only place that acks.
-//! - Edges, which import no other edge and nothing above them:
-//!   [`api`] (the HTTP edge: one shared client, the requests, retry,
-//!   classification, rate limits), [`broker`] (the RabbitMQ edge:
-//!   connections, topology, confirmed publishing), [`ops`] (serves metrics
-//!   and health).
-//! - Shared tools: [`health`] (readiness, written by the supervisor, read by
-//!   ops), [`in_flight`] (a delivery's in-flight slot), [`backoff`],
-//!   [`metrics`] (the Prometheus handles).
-//! - [`domain`]: the pure core: message id, targets, outcomes, the
-//!   disposition of a message, DLQ header values. No I/O.
-//! - [`shutdown`], [`telemetry`]: signals and our own log output.
-//! - [`otel`]: OpenTelemetry traces over OTLP/HTTP, when configured.
-//! - [`tls`]: extra CAs and the client certificate (mutual TLS).
+//! How the modules fit together, and where a change goes: `ARCHITECTURE.md`
+//! at the repository root (the one picture; this list of modules is
+//! rustdoc's).
 
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms, clippy::unwrap_in_result)]
