@@ -4,7 +4,7 @@
 //! against the broker meanwhile. The broker is started again even when the
 //! test fails.
 
-#[path = "it/helpers.rs"]
+#[path = "it/support/helpers.rs"]
 mod helpers;
 
 use std::{collections::HashSet, process::Command, time::Duration};

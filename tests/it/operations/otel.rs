@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     helpers::*,
-    tls::{Pki, Terminator},
+    network::tls::{Pki, Terminator},
 };
 
 /// One span as the receiver got it; ids in lowercase hex.

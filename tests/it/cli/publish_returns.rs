@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, time::Duration};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use crate::{copy_returns::Taker, helpers::*};
+use crate::{dlq_tools::copy_returns::Taker, helpers::*};
 
 #[tokio::test]
 async fn publish_names_the_lines_that_came_back() {

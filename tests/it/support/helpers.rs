@@ -37,7 +37,7 @@ use lapin::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-#[path = "../common/wait.rs"]
+#[path = "../../common/wait.rs"]
 mod wait;
 
 pub fn amqp_url() -> String {
@@ -945,4 +945,89 @@ impl Drop for DeliveryLimit {
             .args(["clear_policy", "-p", "/", &self.name])
             .output();
     }
+}
+
+// === TestApp: the usual set-up in one call ===
+
+/// Queues, two fake APIs and a worker with fast retries: what most tests
+/// start with (zero2prod's `spawn_app`). Tweak the settings with
+/// [`TestApp::spawn_with`]; everything is removed when the test ends.
+pub struct TestApp {
+    pub broker: Broker,
+    pub user: FakeApi,
+    pub log: FakeApi,
+    pub worker: Worker,
+}
+
+impl TestApp {
+    pub async fn spawn(name: &str) -> TestApp {
+        TestApp::spawn_with(name, |_| {}).await
+    }
+
+    /// As [`TestApp::spawn`], with `tweak` applied to the settings first.
+    pub async fn spawn_with(name: &str, tweak: impl FnOnce(&mut Vec<(String, String)>)) -> TestApp {
+        let broker = Broker::new(name).await;
+        let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+        let mut settings = fast_settings(&user, &log);
+        tweak(&mut settings);
+        let worker = Worker::start(&broker, settings).await;
+        TestApp {
+            broker,
+            user,
+            log,
+            worker,
+        }
+    }
+}
+
+/// What a DLQ copy's `x-bridge-*` headers must say.
+pub struct DeadLettered<'a> {
+    pub reason: &'a str,
+    pub failed: &'a str,
+    pub done: &'a str,
+    /// A substring of `x-bridge-error`.
+    pub error: &'a str,
+    pub attempts: i64,
+}
+
+/// Checks a DLQ copy's headers against `want`, and the headers every copy
+/// has: an RFC 3339 UTC `x-bridge-dead-lettered-at`, persistent delivery, a
+/// `message_id`.
+#[track_caller]
+pub fn assert_dead_lettered(d: &lapin::message::Delivery, want: &DeadLettered<'_>) {
+    let text = |k: &str| header_text(d, k).unwrap_or_else(|| panic!("no {k} header"));
+    assert_eq!(text("x-bridge-reason"), want.reason, "x-bridge-reason");
+    assert_eq!(
+        text("x-bridge-failed-targets"),
+        want.failed,
+        "x-bridge-failed-targets"
+    );
+    assert_eq!(
+        text("x-bridge-done-targets"),
+        want.done,
+        "x-bridge-done-targets"
+    );
+    let error = text("x-bridge-error");
+    assert!(
+        error.contains(want.error),
+        "x-bridge-error {error:?} lacks {:?}",
+        want.error
+    );
+    assert_eq!(
+        header_int(d, "x-bridge-attempts"),
+        Some(want.attempts),
+        "x-bridge-attempts"
+    );
+    let at = text("x-bridge-dead-lettered-at");
+    assert!(
+        at.ends_with('Z')
+            && time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+                .is_ok(),
+        "x-bridge-dead-lettered-at is RFC 3339 UTC: {at}"
+    );
+    assert_eq!(d.properties.delivery_mode(), &Some(2), "persistent");
+    assert!(
+        d.properties.message_id().is_some(),
+        "a DLQ copy has a message_id"
+    );
 }
