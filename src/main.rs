@@ -35,13 +35,17 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(commands::dispatch(cli.command, raw)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("fanout-bridge: {e:#}");
+            eprintln!("fanout-bridge: {}", commands::describe_error(&e));
             ExitCode::from(commands::exit_code(&e))
         }
     };
     // Exports the spans still queued (bounded); outside the runtime, as the
     // SDK requires.
-    drop(runtime);
     otel::shutdown();
+    // The runtime is not dropped: a broker connection that failed half-way
+    // leaves lapin's I/O thread waiting on one of its tasks, and cancelling
+    // that task makes the thread panic (a backtrace after a clean error
+    // message). Every command has closed what it opened by now.
+    std::mem::forget(runtime);
     code
 }

@@ -122,6 +122,24 @@ fn usage_error(message: &str) -> ! {
         .exit()
 }
 
+/// An error as one line: each cause once. Many errors (lapin's, io's)
+/// already print their source, so `{:#}` would repeat it
+/// ("IO error: Connection refused: IO error: Connection refused: …").
+pub fn describe_error(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// The exit code for an error: 2 when the operator must fix a setting.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     let configuration = error.chain().any(|cause| {

@@ -302,3 +302,29 @@ async fn demo_prints_a_tally_and_runs_until_ctrl_c() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// A first run with no broker ends in one clear sentence, exit 1, and no
+/// backtrace (lapin's I/O thread used to panic as the process ended) or
+/// repeated cause.
+#[tokio::test]
+async fn no_broker_is_one_clear_line_and_exit_1() {
+    let unreachable = vec![(
+        "BRIDGE_AMQP_URL".to_owned(),
+        format!("amqp://guest:guest@127.0.0.1:{CLOSED_PORT}/%2f"),
+    )];
+    for args in [
+        vec!["demo", "--count", "5"],
+        vec!["dlq", "stats"],
+        vec!["publish"],
+    ] {
+        let (code, _, stderr) = run_bin(&args, &unreachable, b"{}\n").await;
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("backtrace"), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.matches("Connection refused").count(),
+            1,
+            "{args:?}: the cause once: {stderr}"
+        );
+    }
+}
