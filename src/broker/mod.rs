@@ -4,7 +4,10 @@
 
 pub mod acks;
 pub mod confirm_batch;
+pub mod dlq_copies;
+pub mod dlq_lock;
 pub mod dlq_pass;
+mod dlq_settle;
 pub mod fields;
 pub mod publisher;
 pub mod record;
