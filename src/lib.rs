@@ -7,6 +7,8 @@
 //!
 //! - [`config`]: `BRIDGE_*` settings, validated before anything connects.
 //! - [`cli`] and [`commands`]: the subcommands of the binary.
+//! - [`console`]: the DLQ web console (`fanout-bridge console`), on the same
+//!   DLQ commands.
 //! - [`app`]: the [`app::Worker`]: wires metrics, health, the delivery
 //!   handler, the supervisor and the ops listener, and runs them.
 //! - [`supervisor`]: orchestration: broker sessions, the consumer loop,
@@ -37,6 +39,7 @@ pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod domain;
 pub mod health;
