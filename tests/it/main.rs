@@ -9,6 +9,7 @@ mod big_headers;
 mod cli;
 mod cli_scripts;
 mod confirms;
+mod console;
 mod copy_returns;
 mod dead_letter;
 mod dlq_gone;

@@ -240,7 +240,7 @@
   }
 
   function drawChart(box) {
-    const W = 600, H = 160, L = 48, B = 22, T = 10;
+    const W = 900, H = 120, L = 48, B = 22, T = 10;
     const now = Date.now() / 1000;
     const max = Math.max(1, ...history.map((p) => p[1]));
     const x = (t) => L + ((t - (now - 3600)) / 3600) * (W - L - 6);
@@ -257,7 +257,8 @@
       s.append(t);
     }
     for (const [label, t] of [["−60 min", now - 3600], ["−30 min", now - 1800], ["now", now]]) {
-      const tx = svg("text", { x: x(t), y: H - 4, "text-anchor": "middle", class: "axis" });
+      const anchor = label === "now" ? "end" : label === "−60 min" ? "start" : "middle";
+      const tx = svg("text", { x: x(t), y: H - 4, "text-anchor": anchor, class: "axis" });
       tx.textContent = label;
       s.append(tx);
     }
@@ -310,15 +311,15 @@
           el("th", { scope: "row" }, el("a", { href: "#/group/" + encodeURIComponent(grp.id) }, grp.label),
             el("span", { class: "id" }, grp.id)),
           el("td", { class: "num" }, String(grp.count)),
-          el("td", {}, when(grp.first)),
-          el("td", {}, when(grp.last)),
+          el("td", { class: "when" }, when(grp.first)),
+          el("td", { class: "when" }, when(grp.last)),
           el("td", { class: "num" }, String(grp.replayed)),
           el("td", {}, actions(what))
         );
       });
       groupsBox.replaceChildren(
         rows.length
-          ? table("Failure groups of the latest read, largest first", ["Group", "Messages", "First", "Last", "Failed again after a replay", "Actions"], rows, "groups")
+          ? table("Failure groups of the latest read, largest first", ["Group", "Messages", "First", "Last", "Failed again", "Actions"], rows, "groups")
           : el("p", { id: "groups-empty" }, "The DLQ held no message at that read.")
       );
     } catch (e) {
