@@ -11,7 +11,6 @@
 //! - the depth (a passive declare, no pass, no lock), sampled every
 //!   [`SAMPLE_EVERY`] for the last hour's chart;
 //! - [`auth`]: Host, token, CSRF and the response headers.
-//!
 //! - `api`: the JSON handlers.
 
 mod api;
@@ -29,7 +28,7 @@ use anyhow::Context as _;
 use axum::{
     body::Bytes,
     extract::State,
-    http::{header, HeaderMap, StatusCode},
+    http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Router,
@@ -194,11 +193,10 @@ async fn login_form(State(console): State<Arc<Console>>) -> Response {
 /// `POST /login` (form `token=...`): sets the session cookie (HttpOnly,
 /// SameSite=Strict) and goes to the page. Its Origin was checked by the
 /// guard.
-async fn login(State(console): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn login(State(console): State<Arc<Console>>, body: Bytes) -> Response {
     if !console.auth.token_required() {
         return redirect_home(None);
     }
-    let _ = headers;
     let token = url::form_urlencoded::parse(&body)
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
