@@ -110,6 +110,33 @@ Examples:
         action: DlqCommand,
     },
 
+    /// Serve the DLQ web console: depth, failure groups, messages; replay, export, purge
+    #[command(after_help = "\
+Open http://127.0.0.1:9465/ (the default --listen) in a browser. The page shows
+the DLQ depth (live) and a chart of the last hour, the failure groups of the
+latest read (a full pass over the DLQ: \"Read again\" to refresh), a group's
+messages (filterable as the dlq commands), a message whole, and replays,
+exports or purges a group or selected messages after a confirmation. The same
+data as JSON for scripts under /api/ (docs/console.md).
+
+Listening on an address other than loopback needs BRIDGE_CONSOLE_TOKEN; with
+it set, every request needs the token (Authorization: Bearer, or the login
+form). Requests whose Host is not the console's own address are refused.
+
+Examples:
+  fanout-bridge console
+  curl -s http://127.0.0.1:9465/api/groups | jq '.groups[0]'
+  BRIDGE_CONSOLE_TOKEN=$(openssl rand -hex 24) fanout-bridge console --listen 0.0.0.0:9465
+  fanout-bridge console --listen 0.0.0.0:9465 --allow-host dlq.internal.example:443")]
+    Console {
+        /// Address to listen on (other than loopback needs BRIDGE_CONSOLE_TOKEN)
+        #[arg(long, default_value = "127.0.0.1:9465")]
+        listen: SocketAddr,
+        /// Another Host the console answers to, HOST or HOST:PORT (a reverse proxy's or a port-forward's name); repeatable
+        #[arg(long = "allow-host", value_name = "HOST")]
+        allow_hosts: Vec<String>,
+    },
+
     /// Serve a stand-in for both APIs (POST on any path), for trying things out and benchmarks
     #[command(after_help = "\
 Example:
@@ -207,9 +234,11 @@ impl Command {
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Run | Command::DemoApi { .. } => "info",
-            // Each check reports its own failure; lapin's log of a channel
-            // that a passive declare of an absent queue closed is noise.
+            // Each check reports its own failure, and the console's depth
+            // sampler its own; lapin's log of a channel that a passive
+            // declare of an absent queue closed is noise.
             Command::Check { .. } => "warn,lapin=off",
+            Command::Console { .. } => "info,lapin=off",
             Command::Publish { .. }
             | Command::Dlq { .. }
             | Command::Healthcheck { .. }

@@ -111,6 +111,22 @@ impl RawConfig {
         self.get(table::CA_FILE.name)
     }
 
+    /// `BRIDGE_CONSOLE_TOKEN`, for `fanout-bridge console`.
+    ///
+    /// # Errors
+    /// When it cannot be sent as a bearer token (visible ASCII only).
+    pub fn console_token(&self) -> Result<Option<Secret>, ConfigError> {
+        let name = table::CONSOLE_TOKEN.name;
+        match self.get(name) {
+            None => Ok(None),
+            Some(t) if t.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(Secret::new(t))),
+            Some(_) => Err(ConfigError::one(format!(
+                "{name}: must be visible ASCII characters without spaces (it is sent as \
+                 `Authorization: Bearer …`); value not shown"
+            ))),
+        }
+    }
+
     /// The trimmed value of `variable`; empty counts as unset (`BRIDGE_X=` in
     /// a compose file means "not set").
     fn get(&self, variable: &str) -> Option<&str> {

@@ -17,6 +17,7 @@ pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod domain;
 pub mod health;

@@ -145,7 +145,7 @@ pub async fn pass(
     session: &mut Session,
     broker_cfg: &BrokerConfig,
     max: u32,
-    reader: &mut dyn Reader,
+    reader: &mut (dyn Reader + Send),
     stop: &Stop,
 ) -> Pass {
     let mut out = Pass::default();

@@ -38,6 +38,7 @@ macro_rules! in_session {
 pub mod export;
 pub mod groups;
 pub mod import;
+pub mod list;
 pub mod peek;
 pub mod purge;
 pub mod reasons;

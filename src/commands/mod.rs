@@ -112,6 +112,10 @@ pub async fn dispatch(command: Command, raw: RawConfig) -> anyhow::Result<ExitCo
             fail_rate,
         } => demo_api::run(listen, latency_ms, fail_rate).await,
         Command::Demo { count } => demo::run(&raw, count).await,
+        Command::Console {
+            listen,
+            allow_hosts,
+        } => crate::console::run(&raw, listen, &allow_hosts).await,
     }
 }
 

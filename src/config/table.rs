@@ -215,6 +215,13 @@ pub const TLS_KEY_FILE: Doc = Doc {
     help: CLIENT_CERT_HELP,
 };
 
+/// `fanout-bridge console` only (not the worker): see docs/console.md.
+pub const CONSOLE_TOKEN: Doc = Doc {
+    name: "BRIDGE_CONSOLE_TOKEN",
+    default: WhenUnset::Unset,
+    help: "console only: the token every request to the web console needs (Authorization: Bearer, or its login form); required when --listen is not a loopback address; never logged.",
+};
+
 /// Every setting, in the order `run --help` shows them.
 pub const SETTINGS: &[Doc] = &[
     AMQP_URL.doc(),
@@ -253,6 +260,7 @@ pub const SETTINGS: &[Doc] = &[
     METRICS_ADDR.doc(),
     SHUTDOWN_GRACE_MS.doc(),
     LOG_FORMAT.doc(),
+    CONSOLE_TOKEN,
     Doc {
         name: "RUST_LOG",
         default: WhenUnset::Default("info"),

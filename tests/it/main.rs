@@ -52,6 +52,7 @@ mod dead_letters {
 }
 
 mod dlq_tools {
+    mod console;
     pub mod copy_returns;
     mod groups;
     mod interrupt;

@@ -89,6 +89,55 @@ impl Reader for Exporter<'_> {
     }
 }
 
+/// Writes the matching messages to the file at `path` (the console's
+/// download); returns how many. The DLQ keeps them all, in order.
+///
+/// # Errors
+/// When the file cannot be written, the broker cannot be reached, another
+/// DLQ operation holds the lock, or `stop` interrupted it.
+pub async fn export_to_file(
+    broker_cfg: &BrokerConfig,
+    filter: &Filter,
+    path: &Path,
+    stop: &Stop,
+) -> anyhow::Result<u64> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    in_session!(broker_cfg, "dlq export", |session| async {
+        let mut exporter = Exporter {
+            filter,
+            sink: Sink::File {
+                writer: std::io::BufWriter::new(file),
+                error: None,
+                stop: stop.clone(),
+            },
+            written: 0,
+        };
+        let Some(depth) = dlq_depth(&session, broker_cfg).await? else {
+            return Ok(0);
+        };
+        let done = pass(&mut session, broker_cfg, depth, &mut exporter, stop).await;
+        if let Some(e) = done.error {
+            return Err(e.context("exporting the DLQ"));
+        }
+        if let Sink::File {
+            mut writer, error, ..
+        } = exporter.sink
+        {
+            if let Some(e) = error {
+                return Err(anyhow::Error::from(e).context(format!("writing {}", path.display())));
+            }
+            writer
+                .flush()
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if done.stopped {
+            return Err(interrupted(done.read));
+        }
+        Ok(exporter.written)
+    })
+}
+
 /// Writes the matching messages to `out` (or stdout); the DLQ keeps them
 /// all, in order.
 ///

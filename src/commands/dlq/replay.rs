@@ -202,7 +202,11 @@ pub async fn replay_messages(
     replay_messages_until(broker_cfg, request, &Stop::new()).await
 }
 
-async fn replay_messages_until(
+/// [`replay_messages`], stopped early (and settled) when `stop` is set.
+///
+/// # Errors
+/// See [`replay_messages`].
+pub async fn replay_messages_until(
     broker_cfg: &BrokerConfig,
     request: &ReplayRequest,
     stop: &Stop,
