@@ -8,6 +8,7 @@
 
 pub mod dead_letter;
 pub mod failure;
+pub mod filter;
 pub mod message;
 pub mod outcome;
 pub mod target;
