@@ -6,6 +6,7 @@ mod helpers;
 
 mod acks;
 mod big_headers;
+mod big_messages;
 mod check;
 mod cli;
 mod cli_scripts;
