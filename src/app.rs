@@ -81,6 +81,10 @@ impl Worker {
         let supervisor = Supervisor {
             broker: self.config.broker.clone(),
             prefetch: self.config.prefetch,
+            budget: crate::supervisor::budget::ByteBudget::new(
+                self.config.max_in_flight_bytes,
+                self.config.prefetch,
+            ),
             shutdown_grace: self.config.shutdown_grace,
             handler,
             metrics: self.metrics.clone(),

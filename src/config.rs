@@ -253,6 +253,8 @@ pub struct WorkerConfig {
     /// list targets in it).
     pub targets: Vec<TargetConfig>,
     pub prefetch: u16,
+    /// `BRIDGE_MAX_IN_FLIGHT_BYTES`: message bodies in flight, in bytes.
+    pub max_in_flight_bytes: u64,
     pub http_timeout: Duration,
     pub max_attempts: NonZeroU32,
     pub retry_backoff: Duration,
@@ -334,6 +336,7 @@ impl RawConfig {
         let broker = self.broker_config();
         let targets = self.targets();
         let prefetch = PREFETCH.read(self);
+        let max_in_flight_bytes = MAX_IN_FLIGHT_BYTES.read(self);
         let http_timeout = HTTP_TIMEOUT_MS.read(self);
         let max_attempts = MAX_ATTEMPTS.read(self);
         let retry_backoff = RETRY_BACKOFF_MS.read(self);
@@ -349,6 +352,7 @@ impl RawConfig {
             broker,
             targets,
             prefetch,
+            max_in_flight_bytes,
             http_timeout,
             max_attempts,
             retry_backoff,
@@ -364,6 +368,7 @@ impl RawConfig {
             broker,
             targets,
             prefetch,
+            max_in_flight_bytes,
             http_timeout,
             max_attempts,
             retry_backoff,

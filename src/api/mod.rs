@@ -10,14 +10,12 @@ mod transport;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use http::{
     header::{
         HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, PROXY_AUTHORIZATION, RETRY_AFTER, USER_AGENT,
     },
     Method, Uri,
 };
-use http_body_util::Full;
 use tracing::{debug, warn};
 
 use crate::{
@@ -27,7 +25,7 @@ use crate::{
     metrics::{AttemptResult, Metrics, TargetMetrics},
 };
 use rate_limit::RateLimiter;
-pub use requests::{Requests, UnsendableId};
+pub use requests::{RequestBody, Requests, UnsendableId};
 use transport::{describe, discard_body, error_type, scrub, timed_out, PoolSettings, Transport};
 
 /// Longest wait between two attempts, whatever the doubling reaches.
@@ -268,7 +266,7 @@ impl ApiClient {
             // OpenTelemetry: a span per attempt (disabled when off).
             let span = crate::otel::attempt_span(target.as_str(), &endpoint.url, attempt);
             let result = self
-                .attempt(endpoint, &requests.headers, body, &span, attempt_started)
+                .attempt(endpoint, &requests.headers, &body, &span, attempt_started)
                 .await;
             drop(span);
             let took = attempt_started.elapsed();
@@ -308,10 +306,10 @@ impl ApiClient {
     fn request(
         endpoint: &Endpoint,
         headers: &HeaderMap,
-        body: &Bytes,
+        body: RequestBody,
         span: &tracing::Span,
-    ) -> http::Request<Full<Bytes>> {
-        let mut request = http::Request::new(Full::new(body.clone()));
+    ) -> http::Request<RequestBody> {
+        let mut request = http::Request::new(body);
         *request.method_mut() = Method::POST;
         *request.uri_mut() = endpoint.uri.clone();
         let request_headers = request.headers_mut();
@@ -342,7 +340,7 @@ impl ApiClient {
         &self,
         endpoint: &Endpoint,
         headers: &HeaderMap,
-        body: &Bytes,
+        body: &RequestBody,
         span: &tracing::Span,
         started: Instant,
     ) -> Result<(), (FailureKind, String, Option<Duration>)> {
@@ -351,14 +349,14 @@ impl ApiClient {
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
         let exchange = async {
-            let request = Self::request(endpoint, headers, body, span);
+            let request = Self::request(endpoint, headers, body.clone(), span);
             match self.transport.send(request).await {
                 Err(e) if transport::closed_while_pooled(&e, started) => {
                     // Once per attempt, and not an attempt: the server only
                     // closed an idle keep-alive connection.
                     debug!(target = %endpoint.name, error = %scrub(describe(&e), &endpoint.url),
                         "the API had closed a pooled connection; sending again on a new one");
-                    let request = Self::request(endpoint, headers, body, span);
+                    let request = Self::request(endpoint, headers, body.clone(), span);
                     self.transport.send_fresh(request).await
                 }
                 sent => sent,

@@ -1,8 +1,18 @@
 //! The requests of one message: the headers every target receives and the
-//! bodies in the shapes the targets take, built once per message.
+//! bodies in the shapes the targets take, built once per message. No body
+//! copies the message: a `raw` body is the delivery's buffer, an `envelope`
+//! is that buffer between a short head and tail; every attempt of every
+//! target sends clones of these handles.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::body::{Frame, SizeHint};
 use tracing::warn;
 
 use crate::domain::{message::is_header_safe, BodyShape, InboundMessage};
@@ -16,19 +26,76 @@ static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 #[derive(Clone, Debug)]
 pub struct Requests {
     pub headers: HeaderMap,
-    /// The message body, byte for byte.
+    /// The message body, byte for byte: the delivery's buffer.
     pub raw: Bytes,
-    /// The logging envelope, when a target takes it.
-    pub envelope: Option<Bytes>,
+    /// The logging envelope, when a target takes it: head, the JSON text (a
+    /// slice of the delivery's buffer), tail.
+    pub envelope: Option<[Bytes; 3]>,
 }
 
 impl Requests {
-    /// The body a target of `shape` receives.
-    pub fn body(&self, shape: BodyShape) -> Option<&Bytes> {
+    /// The body a target of `shape` receives, for one attempt: handles on
+    /// the message's buffers, not a copy.
+    pub fn body(&self, shape: BodyShape) -> Option<RequestBody> {
         match shape {
-            BodyShape::Raw => Some(&self.raw),
-            BodyShape::Envelope => self.envelope.as_ref(),
+            BodyShape::Raw => Some(RequestBody::new([
+                self.raw.clone(),
+                Bytes::new(),
+                Bytes::new(),
+            ])),
+            BodyShape::Envelope => self.envelope.clone().map(RequestBody::new),
         }
+    }
+}
+
+/// A request body sent as up to three shared buffers, with its exact length
+/// (so the request has a `Content-Length`). A clone shares the buffers.
+#[derive(Clone, Debug)]
+pub struct RequestBody {
+    parts: [Bytes; 3],
+    next: usize,
+}
+
+impl RequestBody {
+    fn new(parts: [Bytes; 3]) -> RequestBody {
+        RequestBody { parts, next: 0 }
+    }
+
+    /// The whole body, copied (for tests and diagnostics).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.parts[self.next..].concat()
+    }
+
+    fn remaining(&self) -> u64 {
+        self.parts[self.next..].iter().map(|p| p.len() as u64).sum()
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        while self.next < self.parts.len() {
+            let i = self.next;
+            self.next += 1;
+            let part = std::mem::take(&mut self.parts[i]);
+            if !part.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(part))));
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining())
     }
 }
 
@@ -91,17 +158,30 @@ impl Requests {
             }
         }
         let envelope = envelope.then(|| {
-            Bytes::from(crate::domain::message::logging_api_envelope(
-                event,
-                json,
-                &msg.message_id,
-            ))
+            let (head, tail) =
+                crate::domain::message::logging_api_envelope_around(event, &msg.message_id);
+            [
+                Bytes::from(head),
+                shared_slice(&msg.body, json),
+                Bytes::from(tail),
+            ]
         });
         Ok(Requests {
             headers,
             raw: msg.body.clone(),
             envelope,
         })
+    }
+}
+
+/// `part` as a slice of `whole`'s buffer when it lies within it (the JSON
+/// text of a body always does), else a copy.
+fn shared_slice(whole: &Bytes, part: &[u8]) -> Bytes {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    if start <= whole.len() && part.len() <= whole.len() - start {
+        whole.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
     }
 }
 
@@ -150,10 +230,27 @@ mod tests {
         assert_eq!(r.headers["idempotency-key"], "id-1");
         assert_eq!(r.headers["x-correlation-id"], "c-1");
         assert_eq!(r.headers["content-type"], "application/json");
-        assert_eq!(&r.body(BodyShape::Raw).unwrap()[..], b" {\"a\":1} ");
+        assert_eq!(r.body(BodyShape::Raw).unwrap().to_vec(), b" {\"a\":1} ");
         assert_eq!(
-            &r.body(BodyShape::Envelope).unwrap()[..],
+            r.body(BodyShape::Envelope).unwrap().to_vec(),
             br#"{"event":"user.registered","data":{"a":1},"message_id":"id-1"}"#
+        );
+    }
+
+    #[test]
+    fn bodies_share_the_delivery_buffer() {
+        use hyper::body::Body as _;
+        let msg = message("id-1", None);
+        let json = &msg.body[1..8];
+        let r = Requests::build(&msg, json, "e", true).unwrap();
+        assert_eq!(r.raw.as_ptr(), msg.body.as_ptr(), "raw: the same buffer");
+        let data = &r.envelope.as_ref().unwrap()[1];
+        assert_eq!(data.as_ptr(), json.as_ptr(), "envelope data: a slice of it");
+        let body = r.body(BodyShape::Envelope).unwrap();
+        assert_eq!(
+            body.size_hint().exact(),
+            Some(body.to_vec().len() as u64),
+            "an exact length: Content-Length"
         );
     }
 

@@ -14,8 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
@@ -26,9 +25,9 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
-use super::proxy::Connector;
+use super::{proxy::Connector, RequestBody};
 
-type HttpClient = Client<HttpsConnector<Connector>, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<Connector>, RequestBody>;
 
 /// A pooled HTTP/1.1 + HTTP/2 client for the targets' requests.
 #[derive(Clone, Debug)]
@@ -107,7 +106,7 @@ impl Transport {
     /// [`discard_body`].
     pub(super) async fn send(
         &self,
-        request: http::Request<Full<Bytes>>,
+        request: http::Request<RequestBody>,
     ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
         self.client.request(request).await
     }
@@ -115,7 +114,7 @@ impl Transport {
     /// Sends `request` on a new connection of its own.
     pub(super) async fn send_fresh(
         &self,
-        request: http::Request<Full<Bytes>>,
+        request: http::Request<RequestBody>,
     ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
         self.fresh.request(request).await
     }

@@ -113,6 +113,38 @@ pub(super) fn prefetch(s: &str) -> Result<u16, String> {
     }
 }
 
+/// The largest `BRIDGE_MAX_IN_FLIGHT_BYTES`: 1 TiB.
+pub const MAX_BYTE_BUDGET: u64 = 1 << 40;
+
+/// `BRIDGE_MAX_IN_FLIGHT_BYTES`: bytes, or a whole number of KiB, MiB or GiB;
+/// 1 to [`MAX_BYTE_BUDGET`].
+pub(super) fn byte_budget(s: &str) -> Result<u64, String> {
+    let (digits, unit) = [
+        ("KiB", 1u64 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("TiB", 1 << 40),
+    ]
+    .into_iter()
+    .find_map(|(suffix, unit)| Some((s.strip_suffix(suffix)?.trim_end(), unit)))
+    .unwrap_or((s, 1));
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(
+            "must be a number of bytes, optionally followed by KiB, MiB, GiB or TiB".into(),
+        );
+    }
+    let n = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|&n| n <= MAX_BYTE_BUDGET)
+        .ok_or_else(|| "must be at most 1TiB".to_owned())?;
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    Ok(n)
+}
+
 /// `BRIDGE_MAX_ATTEMPTS`: at least 1.
 pub(super) fn at_least_one(s: &str) -> Result<NonZeroU32, String> {
     let n = number::<u32>(s)?;

@@ -99,6 +99,12 @@ pub const PREFETCH: Setting<u16> = Setting {
     help: "Messages in flight per worker (AMQP QoS); 1 to 65535.",
     parse: parse::prefetch,
 };
+pub const MAX_IN_FLIGHT_BYTES: Setting<u64> = Setting {
+    name: "BRIDGE_MAX_IN_FLIGHT_BYTES",
+    default: "64MiB",
+    help: "Message bodies in flight per worker, in bytes (or with KiB, MiB, GiB); 1 to 1TiB. Caps memory where BRIDGE_PREFETCH caps only the count: the worker lowers its prefetch to what the sizes it has seen allow (budget / largest recent body, at most BRIDGE_PREFETCH) and restores it as they shrink; a body larger than the budget is processed alone.",
+    parse: parse::byte_budget,
+};
 pub const HTTP_TIMEOUT_MS: Setting<Duration> = Setting {
     name: "BRIDGE_HTTP_TIMEOUT_MS",
     default: "10000",
@@ -251,6 +257,7 @@ pub const SETTINGS: &[Doc] = &[
     TLS_CERT_FILE,
     TLS_KEY_FILE,
     PREFETCH.doc(),
+    MAX_IN_FLIGHT_BYTES.doc(),
     HTTP_TIMEOUT_MS.doc(),
     MAX_ATTEMPTS.doc(),
     RETRY_BACKOFF_MS.doc(),

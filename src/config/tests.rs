@@ -26,6 +26,7 @@ fn defaults_match_the_contract() {
     assert_eq!(c.broker.uri.0.query.frame_max, None, "the broker's");
     assert_eq!(c.broker.nodes.len(), 1);
     assert_eq!(c.prefetch, 64);
+    assert_eq!(c.max_in_flight_bytes, 64 * 1024 * 1024);
     assert_eq!(c.http_timeout, Duration::from_secs(10));
     assert_eq!(c.max_attempts.get(), 3);
     assert_eq!(c.retry_backoff, Duration::from_millis(200));
@@ -59,6 +60,10 @@ fn every_bad_value_is_named() {
         ("BRIDGE_PREFETCH", "0"),
         ("BRIDGE_PREFETCH", "abc"),
         ("BRIDGE_PREFETCH", "70000"),
+        ("BRIDGE_MAX_IN_FLIGHT_BYTES", "0"),
+        ("BRIDGE_MAX_IN_FLIGHT_BYTES", "64MB"),
+        ("BRIDGE_MAX_IN_FLIGHT_BYTES", "-1"),
+        ("BRIDGE_MAX_IN_FLIGHT_BYTES", "2TiB"),
         ("BRIDGE_MAX_ATTEMPTS", "0"),
         ("BRIDGE_HTTP_TIMEOUT_MS", "-5"),
         ("BRIDGE_RETRY_BACKOFF_MS", "soon"),
@@ -369,4 +374,25 @@ fn tls_files_are_checked_for_every_command() {
     let e = raw(&pairs[2..]).broker_config().unwrap_err().to_string();
     assert!(e.contains("BRIDGE_CA_FILE"), "{e}");
     assert!(raw(&URLS).worker_config().unwrap().broker.tls.is_default());
+}
+
+#[test]
+fn the_byte_budget_takes_bytes_or_binary_units() {
+    for (value, bytes) in [
+        ("1", 1u64),
+        ("4194304", 4 << 20),
+        ("512KiB", 512 << 10),
+        ("64MiB", 64 << 20),
+        ("2 GiB", 2 << 30),
+        ("1TiB", 1 << 40),
+    ] {
+        let c = raw(&[
+            ("BRIDGE_USER_API_URL", "http://127.0.0.1:9/u"),
+            ("BRIDGE_LOG_API_URL", "http://127.0.0.1:9/l"),
+            ("BRIDGE_MAX_IN_FLIGHT_BYTES", value),
+        ])
+        .worker_config()
+        .unwrap();
+        assert_eq!(c.max_in_flight_bytes, bytes, "{value}");
+    }
 }

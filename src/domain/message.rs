@@ -91,15 +91,23 @@ pub fn validate_json(body: &[u8]) -> Result<Range<usize>, InvalidPayload> {
 /// Writes the logging API's body around the message's JSON text, verbatim:
 /// `{"event":E,"data":<json>,"message_id":M}`.
 pub fn logging_api_envelope(event: &str, json: &[u8], message_id: &MessageId) -> Vec<u8> {
-    let mut out = Vec::with_capacity(json.len() + event.len() + message_id.0.len() + 48);
-    out.extend_from_slice(b"{\"event\":");
-    write_json_string(&mut out, event);
-    out.extend_from_slice(b",\"data\":");
-    out.extend_from_slice(json);
-    out.extend_from_slice(b",\"message_id\":");
-    write_json_string(&mut out, &message_id.0);
-    out.push(b'}');
-    out
+    let (head, tail) = logging_api_envelope_around(event, message_id);
+    [&head[..], json, &tail[..]].concat()
+}
+
+/// What the logging API's body holds before and after the message's JSON
+/// text (`{"event":E,"data":` and `,"message_id":M}`), so that the body can
+/// be sent as these two around the delivery's own buffer, without copying it.
+pub fn logging_api_envelope_around(event: &str, message_id: &MessageId) -> (Vec<u8>, Vec<u8>) {
+    let mut head = Vec::with_capacity(event.len() + 20);
+    head.extend_from_slice(b"{\"event\":");
+    write_json_string(&mut head, event);
+    head.extend_from_slice(b",\"data\":");
+    let mut tail = Vec::with_capacity(message_id.0.len() + 20);
+    tail.extend_from_slice(b",\"message_id\":");
+    write_json_string(&mut tail, &message_id.0);
+    tail.push(b'}');
+    (head, tail)
 }
 
 fn write_json_string(out: &mut Vec<u8>, s: &str) {

@@ -3,6 +3,7 @@
 //! mark not ready → back off → again. It never gives up while the process
 //! runs; only shutdown ends it.
 
+pub mod budget;
 mod session;
 mod tasks;
 
@@ -11,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{BasicCancelOptions, BasicConsumeOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
     Channel, Consumer,
 };
@@ -59,6 +60,9 @@ const SHUTDOWN_WRAP_UP: Duration = Duration::from_secs(5);
 pub struct Supervisor {
     pub broker: BrokerConfig,
     pub prefetch: u16,
+    /// `BRIDGE_MAX_IN_FLIGHT_BYTES` and the sizes seen; sizes every
+    /// consumer's prefetch.
+    pub budget: budget::ByteBudget,
     pub shutdown_grace: Duration,
     pub handler: Arc<DeliveryHandler>,
     pub metrics: Metrics,
@@ -66,6 +70,14 @@ pub struct Supervisor {
     /// Set by held deliveries: take no new message until then.
     pub pause: watch::Receiver<Option<Instant>>,
     pub tracker: TaskTracker,
+}
+
+/// Why a consumer stopped taking messages, short of shutdown or a fault.
+enum Stop {
+    /// A hold pause, until then.
+    Pause(Instant),
+    /// The byte budget asks for this prefetch.
+    Resize(u16),
 }
 
 enum End {
@@ -89,7 +101,7 @@ impl Supervisor {
         let mut next = random_node(&self.broker);
         while !shutdown.is_cancelled() {
             let opened = tokio::select! {
-                r = Session::open(&self.broker, self.prefetch, next) => r,
+                r = Session::open(&self.broker, self.budget.target(), next) => r,
                 () = shutdown.cancelled() => break,
             };
             match opened {
@@ -143,12 +155,33 @@ impl Supervisor {
 
     /// Consumes until shutdown or a fault. A `hold` pause cancels the
     /// consumer (handing back what it had prefetched) and consumes again once
-    /// the pause is over.
+    /// the pause is over. When the byte budget asks for another prefetch
+    /// ([`budget`]), the consumer is replaced by one with that prefetch: what
+    /// the old one had been sent is processed, and the new one starts when
+    /// what is in flight leaves it room.
     async fn consume(&self, session: &mut Session, shutdown: &CancellationToken) -> End {
         let mut tick = tokio::time::interval(TICK);
         let mut pause = self.pause.clone();
         pause.mark_unchanged();
+        let mut tasks = ConsumerTasks::new(session);
+        let mut prefetch = session.qos;
         loop {
+            if prefetch != session.qos {
+                let qos = session
+                    .channel
+                    .basic_qos(prefetch, BasicQosOptions { global: false });
+                match tokio::time::timeout(BROKER_CALL_TIMEOUT, qos).await {
+                    Ok(Ok(())) => session.qos = prefetch,
+                    Ok(Err(e)) => {
+                        tasks.abandon().await;
+                        return End::Fault(format!("cannot set the prefetch: {e}"));
+                    }
+                    Err(_) => {
+                        tasks.abandon().await;
+                        return End::Fault("setting the prefetch timed out".into());
+                    }
+                }
+            }
             let tag = format!(
                 "fanout-bridge-{}-{}",
                 std::process::id(),
@@ -167,15 +200,16 @@ impl Supervisor {
             let mut consumer = match consumed {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
-                    return End::Fault(format!("cannot consume from {:?}: {e}", self.broker.queue))
+                    tasks.abandon().await;
+                    return End::Fault(format!("cannot consume from {:?}: {e}", self.broker.queue));
                 }
                 Err(_) => {
-                    return End::Fault(format!("consuming from {:?} timed out", self.broker.queue))
+                    tasks.abandon().await;
+                    return End::Fault(format!("consuming from {:?} timed out", self.broker.queue));
                 }
             };
-            let tasks = ConsumerTasks::new(session);
             self.health.set_consuming(true);
-            let mut until = loop {
+            let stop = loop {
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => {
@@ -187,12 +221,17 @@ impl Supervisor {
                     Ok(()) = pause.changed() => {
                         if let Some(until) = *pause.borrow_and_update() {
                             if until > Instant::now() {
-                                break until;
+                                break Stop::Pause(until);
                             }
                         }
                     }
                     delivery = consumer.next() => match delivery {
-                        Some(Ok(delivery)) => self.dispatch(delivery, session, &tasks),
+                        Some(Ok(delivery)) => {
+                            self.dispatch(delivery, session, &tasks);
+                            if let Some(to) = self.budget.resize(prefetch) {
+                                break Stop::Resize(to);
+                            }
+                        }
                         Some(Err(e)) => {
                             tasks.abandon().await;
                             return End::Fault(format!("consumer failed: {e}"));
@@ -210,43 +249,126 @@ impl Supervisor {
                             tasks.abandon().await;
                             return End::Fault(why.to_owned());
                         }
+                        // Growth that had no room under load, once there is.
+                        if let Some(to) = self.budget.resize(prefetch) {
+                            break Stop::Resize(to);
+                        }
                     }
                 }
             };
-            warn!(
-                pause_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
-                "an API is unavailable: pausing intake (outage policy hold)"
-            );
-            self.stop_consumer(session, &mut consumer).await;
-            loop {
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => return End::Shutdown(Some(tasks)),
-                    () = tokio::time::sleep_until(until) => break,
-                    Ok(()) = pause.changed() => {
-                        if let Some(later) = *pause.borrow_and_update() {
-                            until = until.max(later);
+            match stop {
+                Stop::Resize(to) => {
+                    debug!(
+                        from = prefetch,
+                        to,
+                        bytes_in_flight = self.budget.bytes_in_flight(),
+                        "the sizes seen ask for another prefetch: replacing the consumer"
+                    );
+                    if let Err(why) = self.retire_consumer(session, &mut consumer, &tasks).await {
+                        tasks.abandon().await;
+                        return End::Fault(why);
+                    }
+                    // Room for the next consumer: what is in flight ends on
+                    // its own (no message waits on another), so this ends.
+                    // Growing never waits: it takes what there is room for.
+                    let growing = to > prefetch;
+                    loop {
+                        let want = self.budget.target();
+                        if self.budget.room_for(want) {
+                            prefetch = want;
+                            break;
+                        }
+                        if growing {
+                            if let Some(n) = self.budget.resize(0) {
+                                prefetch = n;
+                                break;
+                            }
+                        }
+                        tokio::select! {
+                            biased;
+                            () = shutdown.cancelled() => {
+                                info!("shutdown: no longer taking messages");
+                                return End::Shutdown(Some(tasks));
+                            }
+                            () = self.budget.freed() => {}
+                            _ = tick.tick() => {
+                                if let Some(why) = session.fault() {
+                                    tasks.abandon().await;
+                                    return End::Fault(why.to_owned());
+                                }
+                            }
                         }
                     }
-                    _ = tick.tick() => {
-                        if let Some(why) = session.fault() {
-                            tasks.abandon().await;
-                            return End::Fault(why.to_owned());
+                    // A hold pause that began meanwhile is seen by the next
+                    // consumer's loop at once.
+                }
+                Stop::Pause(mut until) => {
+                    warn!(
+                        pause_ms =
+                            until.saturating_duration_since(Instant::now()).as_millis() as u64,
+                        "an API is unavailable: pausing intake (outage policy hold)"
+                    );
+                    self.stop_consumer(session, &mut consumer).await;
+                    loop {
+                        tokio::select! {
+                            biased;
+                            () = shutdown.cancelled() => return End::Shutdown(Some(tasks)),
+                            () = tokio::time::sleep_until(until) => break,
+                            Ok(()) = pause.changed() => {
+                                if let Some(later) = *pause.borrow_and_update() {
+                                    until = until.max(later);
+                                }
+                            }
+                            _ = tick.tick() => {
+                                if let Some(why) = session.fault() {
+                                    tasks.abandon().await;
+                                    return End::Fault(why.to_owned());
+                                }
+                            }
                         }
                     }
+                    // The old consumer's tasks must be gone before the new consumer
+                    // gets a fresh prefetch window: they may still finish for a
+                    // moment, then they stop their calls and hold their messages with
+                    // the targets done so far.
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => return End::Shutdown(Some(tasks)),
+                        () = tasks.finish(HOLD_FINISH_GRACE) => {}
+                    }
+                    tasks = ConsumerTasks::new(session);
+                    prefetch = self.budget.target();
+                    info!("outage pause over: taking messages again");
                 }
             }
-            // The old consumer's tasks must be gone before the new consumer
-            // gets a fresh prefetch window: they may still finish for a
-            // moment, then they stop their calls and hold their messages with
-            // the targets done so far.
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return End::Shutdown(Some(tasks)),
-                () = tasks.finish(HOLD_FINISH_GRACE) => {}
-            }
-            info!("outage pause over: taking messages again");
         }
+    }
+
+    /// Cancels the consumer and processes what the broker had already sent
+    /// it (those bodies are in memory anyway; handing them back would cost
+    /// each a delivery attempt).
+    async fn retire_consumer(
+        &self,
+        session: &Session,
+        consumer: &mut Consumer,
+        tasks: &ConsumerTasks,
+    ) -> Result<(), String> {
+        let cancel = session
+            .channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default());
+        match tokio::time::timeout(BROKER_CALL_TIMEOUT, cancel).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("cannot cancel the consumer: {e}")),
+            Err(_) => return Err("cancelling the consumer timed out".into()),
+        }
+        // The consumer's stream ends after the deliveries sent before the
+        // cancel-ok; the deadline is a safety net.
+        let deadline = Instant::now() + CANCEL_DRAIN;
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await
+        {
+            self.dispatch(delivery, session, tasks);
+        }
+        Ok(())
     }
 
     /// Spawns the task that owns one delivery until it is settled, abandoned
@@ -261,12 +383,19 @@ impl Supervisor {
         session.acks.register(tag);
         let token = tasks.token.clone();
         let slot = InFlight::new(self.metrics.in_flight.clone());
+        // Its share of the byte budget, given back when the task ends and
+        // the body is freed.
+        let charge = self.budget.charge(delivery.data.len());
         // Boxed once here: the handler's future is several kilobytes, and
         // every wrapper below (guard, in-flight scope, tracker, the task
         // itself) would otherwise copy it whole.
         let handled =
             Box::pin(handler.handle(delivery, publisher, acks.clone(), tasks.wrap_up.clone()));
         let task = guard_delivery(handled, Settle { acks, tag, acker }, channel, token);
+        let task = async move {
+            task.await;
+            drop(charge);
+        };
         tasks
             .tasks
             .spawn(self.tracker.track_future(IN_FLIGHT.scope(slot, task)));

@@ -27,6 +27,8 @@ const WORKER_CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 pub(super) struct Session {
     pub(super) consume_conn: Connection,
     pub(super) channel: Channel,
+    /// The prefetch (`basic.qos`) the channel's next consumer gets.
+    pub(super) qos: u16,
     /// The consuming channel's acks, coalesced.
     pub(super) acks: Acks,
     pub(super) publish_conn: Arc<Connection>,
@@ -92,6 +94,7 @@ impl Session {
                 let token = CancellationToken::new();
                 Ok(Session {
                     consume_conn,
+                    qos: prefetch,
                     acks: Acks::new(channel.clone(), token.clone()),
                     channel,
                     publish_conn,

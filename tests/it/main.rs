@@ -32,6 +32,7 @@ use support::{helpers, raw_amqp, slow_api};
 
 mod delivery {
     mod acks;
+    mod big_messages;
     mod done_targets;
     mod fanout;
     mod hold;
