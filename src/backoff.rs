@@ -30,7 +30,7 @@ impl Backoff {
     /// `[base, 1.5 × base]`, and never above the cap.
     pub fn delay<R: Rng + ?Sized>(&self, retry: u32, rng: &mut R) -> Duration {
         let base = self.base(retry);
-        let spread = rng.gen_range(0.0..=0.5);
+        let spread = rng.random_range(0.0..=0.5);
         base.mul_f64(1.0 + spread).min(self.cap.max(base))
     }
 }
@@ -68,6 +68,6 @@ mod tests {
     #[test]
     fn zero_first_backoff_means_no_wait() {
         let b = Backoff::new(Duration::ZERO, Duration::from_secs(30));
-        assert_eq!(b.delay(3, &mut rand::thread_rng()), Duration::ZERO);
+        assert_eq!(b.delay(3, &mut rand::rng()), Duration::ZERO);
     }
 }

@@ -292,7 +292,7 @@ impl ApiClient {
                     last_error: error,
                 });
             }
-            let backoff = self.backoff.delay(attempt, &mut rand::thread_rng());
+            let backoff = self.backoff.delay(attempt, &mut rand::rng());
             tokio::time::sleep(backoff.max(retry_after.unwrap_or_default())).await;
         };
         CallReport {

@@ -92,7 +92,7 @@ pub struct Connected {
 
 /// A random node to start at, so replicas spread over a cluster's nodes.
 pub fn random_node(cfg: &BrokerConfig) -> usize {
-    rand::Rng::gen_range(&mut rand::thread_rng(), 0..cfg.nodes.len().max(1))
+    rand::Rng::random_range(&mut rand::rng(), 0..cfg.nodes.len().max(1))
 }
 
 /// Opens a connection named after its role (visible in the management UI),

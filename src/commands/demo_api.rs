@@ -36,7 +36,7 @@ async fn answer(method: Method, b: Behaviour) -> (StatusCode, &'static str) {
     if !b.latency.is_zero() {
         tokio::time::sleep(b.latency).await;
     }
-    if b.fail_rate > 0.0 && rand::thread_rng().gen_bool(b.fail_rate) {
+    if b.fail_rate > 0.0 && rand::rng().random_bool(b.fail_rate) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "{\"error\":\"unavailable (demo)\"}",

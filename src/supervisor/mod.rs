@@ -139,7 +139,7 @@ impl Supervisor {
                 }
             }
             failures = failures.saturating_add(1);
-            let delay = RECONNECT.delay(failures, &mut rand::thread_rng());
+            let delay = RECONNECT.delay(failures, &mut rand::rng());
             info!(
                 retry_in_ms = delay.as_millis() as u64,
                 "next broker connection attempt"

@@ -1,8 +1,13 @@
 //! Log lines on stderr, as text or JSON, filtered by `RUST_LOG` (default
 //! chosen by the command: `info` for the worker, quieter for the tools); and,
 //! when configured, the OpenTelemetry layer ([`crate::otel`]).
+//!
+//! With OpenTelemetry on, a line written inside a span that is exported (the
+//! message span, an attempt span) carries that span's `trace_id` and
+//! `span_id`, the ids the collector gets: top-level fields in JSON,
+//! `trace_id=… span_id=…` at the end of a text line.
 
-mod json;
+mod trace_ids;
 
 use std::io::IsTerminal;
 
@@ -41,24 +46,45 @@ pub fn init(format: LogFormat, default: &str) {
 /// lines only; the extra layer has its own filter.
 pub fn init_with(format: LogFormat, default: &str, extra: Option<crate::otel::OtelLayer>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let filter = never_logged(filter);
-    let lines = fmt::layer().with_writer(std::io::stderr).with_ansi(colour(
-        std::io::stderr().is_terminal(),
-        std::env::var_os("NO_COLOR"),
-    ));
-    let lines: crate::otel::OtelLayer = match format {
-        LogFormat::Text => Box::new(lines.with_filter(filter)),
-        // tracing-subscriber's JSON (flattened, with the current span: the
-        // message's id), written by a leaner formatter (json.rs).
-        LogFormat::Json => Box::new(
-            lines
-                .event_format(json::JsonLine)
-                .fmt_fields(json::JsonSpanFields)
-                .with_filter(filter),
-        ),
-    };
-    let layers: Vec<crate::otel::OtelLayer> = std::iter::once(lines).chain(extra).collect();
+    let lines = lines(format, std::io::stderr, std::io::stderr().is_terminal());
+    let lines = Box::new(lines.with_filter(never_logged(filter)));
+    let layers: Vec<crate::otel::OtelLayer> = std::iter::once(lines as _).chain(extra).collect();
     let _ = tracing_subscriber::registry().with(layers).try_init();
+}
+
+/// The layer that writes the log lines to `writer`, in `format`, with colour
+/// when `terminal` (and `NO_COLOR` unset).
+fn lines<W>(format: LogFormat, writer: W, terminal: bool) -> crate::otel::OtelLayer
+where
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    match format {
+        LogFormat::Text => Box::new(
+            fmt::layer()
+                .with_writer(writer)
+                .with_ansi(colour(terminal, std::env::var_os("NO_COLOR")))
+                .map_event_format(trace_ids::TextWithIds),
+        ),
+        // tracing-subscriber's JSON layout (flattened event, the current span
+        // with the message's id, no span list), written by json-subscriber,
+        // which can add fields: the OpenTelemetry ids, at the top level.
+        LogFormat::Json => {
+            let mut layer = json_subscriber::fmt::layer()
+                .with_writer(writer)
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false);
+            layer
+                .inner_layer_mut()
+                .add_multiple_dynamic_fields(|event, ctx, out| {
+                    if let Some(ids) = trace_ids::of_event(ctx, event) {
+                        let _ = out.write_field("trace_id", ids.trace_id());
+                        let _ = out.write_field("span_id", ids.span_id());
+                    }
+                });
+            Box::new(layer)
+        }
+    }
 }
 
 /// Silences what must never reach a log whatever `RUST_LOG` says: lapin logs
@@ -80,14 +106,4 @@ fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> boo
 }
 
 #[cfg(test)]
-mod tests {
-    use super::colour;
-
-    #[test]
-    fn colour_only_at_a_terminal_without_no_color() {
-        assert!(colour(true, None));
-        assert!(colour(true, Some("".into())));
-        assert!(!colour(true, Some("1".into())));
-        assert!(!colour(false, None));
-    }
-}
+mod tests;

@@ -428,3 +428,90 @@ async fn otel_exporter_otlp_certificate_replaces_the_other_roots() {
     assert!(terminator.failures() >= 1, "no handshake was refused");
     assert!(collector.spans().is_empty(), "{:?}", collector.spans());
 }
+
+/// Contract revision 3: with OpenTelemetry on, the log lines written while a
+/// message is handled carry its trace and span ids, so a line leads to its
+/// trace. A message whose logging call fails for good is dead-lettered: its
+/// warn line (the failed attempt) and its info line (the outcome) carry the
+/// ids of the exported message span, in JSON and in text.
+#[tokio::test]
+async fn log_lines_of_a_dead_lettered_message_carry_its_trace_and_span_ids() {
+    for format in ["json", "text"] {
+        let (collector, addr) = Collector::start().await;
+        let broker = Broker::new(&format!("otel.logs.{format}")).await;
+        let (user, log) = (FakeApi::start().await, FakeApi::start().await);
+        log.then(Reply::status(400));
+        let mut settings = fast_settings(&user, &log);
+        settings.extend([
+            ("BRIDGE_LOG_FORMAT".into(), format.into()),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("http://{addr}"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+        ]);
+        let worker = Process::start(&broker, settings).await;
+        let id = format!("logs-{format}");
+        broker
+            .publish(
+                br#"{"doomed":true}"#,
+                BasicProperties::default().with_message_id(id.clone().into()),
+            )
+            .await;
+        broker
+            .wait_depth(&broker.dlq, 1, Duration::from_secs(20))
+            .await;
+        wait_until(
+            "the message span is exported",
+            Duration::from_secs(20),
+            || {
+                let found = collector.spans().iter().any(|s| s.name == "message");
+                async move { found }
+            },
+        )
+        .await;
+        let spans = collector.spans();
+        let message = spans.iter().find(|s| s.name == "message").unwrap();
+        let text = worker.log_text();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(&id)).collect();
+        let failed = lines
+            .iter()
+            .find(|l| l.contains("API attempt failed"))
+            .unwrap_or_else(|| panic!("no warn line for {id}:\n{text}"));
+        let settled = lines
+            .iter()
+            .find(|l| l.contains("message settled"))
+            .unwrap_or_else(|| panic!("no outcome line for {id}:\n{text}"));
+        for line in [failed, settled] {
+            let (trace_id, span_id) = if format == "json" {
+                let v: serde_json::Value = serde_json::from_str(line).expect(line);
+                (
+                    v["trace_id"].as_str().unwrap_or_default().to_owned(),
+                    v["span_id"].as_str().unwrap_or_default().to_owned(),
+                )
+            } else {
+                let field = |name: &str| {
+                    line.split(' ')
+                        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                (field("trace_id"), field("span_id"))
+            };
+            assert_eq!(trace_id, message.trace_id, "{format}: {line}");
+            assert_eq!(span_id, message.span_id, "{format}: {line}");
+        }
+        if format == "json" {
+            let v: serde_json::Value = serde_json::from_str(settled).unwrap();
+            assert_eq!(v["level"], "INFO");
+            assert_eq!(v["outcome"], "dead_lettered");
+            assert_eq!(v["message_id"], id.as_str());
+            assert_eq!(v["span"]["message_id"], id.as_str());
+            let v: serde_json::Value = serde_json::from_str(failed).unwrap();
+            assert_eq!(v["level"], "WARN");
+        }
+        // Lines outside a message (start-up) carry none.
+        let first = text.lines().next().unwrap_or_default();
+        assert!(!first.contains("trace_id"), "{first}");
+    }
+}
