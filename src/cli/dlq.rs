@@ -36,15 +36,19 @@ pub struct Filters {
 }
 
 impl Filters {
+    /// The filter; an empty value counts as not given (an empty `--grep`
+    /// would otherwise match every message and pass for a filter, so
+    /// `purge --grep "" --yes` would remove everything without `--all`).
     pub fn to_filter(&self) -> Filter {
+        let given = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
         Filter {
-            reason: self.reason.clone(),
-            target: self.target.clone(),
-            group: self.group.as_ref().map(|g| g.to_ascii_lowercase()),
-            ids: self.ids.clone(),
+            reason: given(&self.reason),
+            target: given(&self.target),
+            group: given(&self.group).map(|g| g.to_ascii_lowercase()),
+            ids: self.ids.iter().filter(|i| !i.is_empty()).cloned().collect(),
             since: self.since,
             until: self.until,
-            grep: self.grep.clone(),
+            grep: self.grep.clone().filter(|s| !s.is_empty()),
         }
     }
 }

@@ -250,11 +250,34 @@ pub(super) async fn depth(State(c): State<Arc<Console>>) -> Response {
     }
 }
 
+/// Runs a request's DLQ work on a task of its own. A client that goes away
+/// (a closed tab, a proxy's timeout, a page that aborts its fetch) drops the
+/// handler; a pass dropped there would leave its window unsettled and hand
+/// messages back to the DLQ (each a delivery attempt of a quorum DLQ). On
+/// its own task the pass finishes and settles whatever happens to the
+/// request.
+async fn detached<F>(work: F) -> ApiResult
+where
+    F: std::future::Future<Output = ApiResult> + Send + 'static,
+{
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(ApiError::Failed(anyhow::anyhow!(
+            "the DLQ operation was cancelled: {e}"
+        ))),
+    }
+}
+
 /// `GET /api/groups[?fresh=1][&FILTERS]`: the `dlq groups` JSON of the
 /// latest read, with `read_at` and `stale` (an action changed the DLQ
 /// since). The first request reads; `fresh=1` reads again; filters read
 /// with them (not kept).
 pub(super) async fn groups(State(c): State<Arc<Console>>, RawQuery(raw): RawQuery) -> ApiResult {
+    detached(groups_pass(c, raw)).await
+}
+
+async fn groups_pass(c: Arc<Console>, raw: Option<String>) -> ApiResult {
     let q = query(raw.as_deref(), false)?;
     let filter = q.filter.to_filter()?;
     if !filter.is_empty() {
@@ -277,6 +300,10 @@ fn view(g: &groups::Groups, read_at: &str, stale: bool) -> Value {
 /// `GET /api/messages?FILTERS&offset=&limit=`: `{"total", "offset",
 /// "next_offset", "messages": [export records]}`; one full pass.
 pub(super) async fn messages(State(c): State<Arc<Console>>, RawQuery(raw): RawQuery) -> ApiResult {
+    detached(messages_pass(c, raw)).await
+}
+
+async fn messages_pass(c: Arc<Console>, raw: Option<String>) -> ApiResult {
     let q = query(raw.as_deref(), true)?;
     let filter = q.filter.to_filter()?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
@@ -288,6 +315,10 @@ pub(super) async fn messages(State(c): State<Arc<Console>>, RawQuery(raw): RawQu
 /// `GET /api/messages/<message_id>`: its export record (the first, should
 /// the DLQ hold copies), with `copies`; 404 when none has that id.
 pub(super) async fn message(State(c): State<Arc<Console>>, Path(id): Path<String>) -> ApiResult {
+    detached(message_pass(c, id)).await
+}
+
+async fn message_pass(c: Arc<Console>, id: String) -> ApiResult {
     let filter = Filter {
         ids: vec![id.clone()],
         ..Filter::default()
@@ -306,6 +337,10 @@ pub(super) async fn message(State(c): State<Arc<Console>>, Path(id): Path<String
 /// `POST /api/replay` `{FILTERS, "rate"?, "limit"?, "dry_run"?}`: the
 /// `dlq replay --format json` report.
 pub(super) async fn replay(State(c): State<Arc<Console>>, body: Bytes) -> ApiResult {
+    detached(replay_pass(c, body)).await
+}
+
+async fn replay_pass(c: Arc<Console>, body: Bytes) -> ApiResult {
     let (filter, body) = ActionBody::parse(&body)?.filter()?;
     if body.all {
         return Err(ApiError::Bad(
@@ -343,6 +378,10 @@ pub(super) async fn replay(State(c): State<Arc<Console>>, body: Bytes) -> ApiRes
 /// `POST /api/purge` `{FILTERS, "all"?, "dry_run"?}`: the `dlq purge
 /// --format json` report. Without a filter it needs `"all": true`.
 pub(super) async fn purge(State(c): State<Arc<Console>>, body: Bytes) -> ApiResult {
+    detached(purge_pass(c, body)).await
+}
+
+async fn purge_pass(c: Arc<Console>, body: Bytes) -> ApiResult {
     let (filter, body) = ActionBody::parse(&body)?.filter()?;
     if body.rate.is_some() || body.limit.is_some() {
         return Err(ApiError::Bad("purge takes no rate or limit".into()));
@@ -375,6 +414,10 @@ pub(super) async fn purge(State(c): State<Arc<Console>>, body: Bytes) -> ApiResu
 /// pass writes a temporary file (memory stays bounded), which is then sent
 /// and removed.
 pub(super) async fn export(State(c): State<Arc<Console>>, RawQuery(raw): RawQuery) -> ApiResult {
+    detached(export_pass(c, raw)).await
+}
+
+async fn export_pass(c: Arc<Console>, raw: Option<String>) -> ApiResult {
     let q = query(raw.as_deref(), false)?;
     if q.fresh {
         return Err(ApiError::Bad("unknown parameter \"fresh\"".into()));

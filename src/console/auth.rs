@@ -192,6 +192,19 @@ fn refusal(auth: &Auth, req: &Request) -> Option<Response> {
     let origin = headers
         .get(header::ORIGIN)
         .map(|o| o.to_str().unwrap_or(""));
+    // Reading the DLQ is a pass that holds the lock: another site's page must
+    // not be able to start one (a no-cors fetch sends no Origin on a GET, but
+    // browsers mark it with Sec-Fetch-Site).
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "cross-site" || v == "same-site");
+    if cross_site && path.starts_with("/api/") {
+        return Some(refuse(
+            StatusCode::FORBIDDEN,
+            "refused: another site's page may not use the console's API",
+        ));
+    }
     if changes {
         if let Some(origin) = origin {
             if !auth.origin_ok(origin) {

@@ -82,26 +82,29 @@ pub fn parse_time(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Str
     if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
         return Ok(at);
     }
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: i64 = number.parse().map_err(|_| {
-        format!("{text:?} is neither an RFC 3339 time nor a duration such as 30m, 2h or 7d")
-    })?;
-    let back = match unit {
-        "s" => Duration::seconds(n),
-        "m" => Duration::minutes(n),
-        "h" => Duration::hours(n),
-        "d" => Duration::days(n),
-        _ => {
-            return Err(format!(
-                "{text:?} is neither an RFC 3339 time nor a duration such as 30m, 2h or 7d"
-            ))
-        }
+    let wrong =
+        || format!("{text:?} is neither an RFC 3339 time nor a duration such as 30m, 2h or 7d");
+    let Some(unit) = text.chars().last() else {
+        return Err(wrong());
     };
+    let number = &text[..text.len() - unit.len_utf8()];
+    let n: i64 = number.parse().map_err(|_| wrong())?;
     if n < 0 {
         return Err(format!(
             "{text:?}: a duration back from now cannot be negative"
         ));
     }
+    let seconds = match unit {
+        's' => Some(n),
+        'm' => n.checked_mul(60),
+        'h' => n.checked_mul(3600),
+        'd' => n.checked_mul(86_400),
+        _ => return Err(wrong()),
+    };
+    let back = seconds
+        .filter(|s| *s <= Duration::MAX.whole_seconds())
+        .map(Duration::seconds)
+        .ok_or_else(|| format!("{text:?} reaches too far back"))?;
     now.checked_sub(back)
         .ok_or_else(|| format!("{text:?} reaches too far back"))
 }
@@ -202,5 +205,9 @@ mod tests {
         assert!(parse_time("yesterday", now).is_err());
         assert!(parse_time("5w", now).is_err());
         assert!(parse_time("", now).is_err());
+        // Neither panics: a multi-byte last character, an overflow.
+        assert!(parse_time("5é", now).is_err());
+        assert!(parse_time("999999999999999999d", now).is_err());
+        assert!(parse_time("-5m", now).is_err());
     }
 }

@@ -89,6 +89,18 @@ impl Reader for Exporter<'_> {
     }
 }
 
+/// A new file only its owner can read: an export holds whole messages.
+fn private_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
 /// Writes the matching messages to the file at `path` (the console's
 /// download); returns how many. The DLQ keeps them all, in order.
 ///
@@ -101,8 +113,7 @@ pub async fn export_to_file(
     path: &Path,
     stop: &Stop,
 ) -> anyhow::Result<u64> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file = private_file(path)?;
     in_session!(broker_cfg, "dlq export", |session| async {
         let mut exporter = Exporter {
             filter,
@@ -153,10 +164,7 @@ pub async fn export(
     let sink = match out {
         None => Sink::Stdout(Output::new(stop.clone())),
         Some(path) => Sink::File {
-            writer: std::io::BufWriter::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?,
-            ),
+            writer: std::io::BufWriter::new(private_file(path)?),
             error: None,
             stop: stop.clone(),
         },

@@ -764,3 +764,87 @@ async fn the_page_in_a_real_browser() {
     assert_eq!(left, ["m-0", "m-1", "m-2", "m-3", "m-4", "bad-0"]);
     eprintln!("browser test took {:?}", started.elapsed());
 }
+
+/// A client that goes away in the middle of a read (a closed tab, a proxy's
+/// timeout, an aborted fetch) does not cut the pass short: it settles, so no
+/// message goes back to a quorum DLQ unacked (each such return is a delivery
+/// attempt the broker counts).
+#[tokio::test]
+async fn a_client_that_goes_away_mid_read_hands_nothing_back() {
+    let broker = Broker::new("console-abort").await;
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    broker.declare_with(&broker.dlq, quorum).await;
+    for i in 0..1500 {
+        let props = BasicProperties::default()
+            .with_message_id(format!("m-{i}").into())
+            .with_headers(headers(&[("x-bridge-reason", "api_failed")]));
+        broker
+            .publish_to(&broker.dlq, format!("{{\"i\":{i}}}").as_bytes(), props)
+            .await;
+    }
+    let console = Console::start(&broker, None).await;
+    for _ in 0..3 {
+        let impatient = Client::builder()
+            .timeout(Duration::from_millis(60))
+            .build()
+            .unwrap();
+        let cut = impatient
+            .get(format!("{}/api/messages?limit=5", console.base))
+            .send()
+            .await;
+        assert!(cut.is_err(), "the read took longer than the client waited");
+        // The pass goes on without the client; the next one waits for it.
+        let (status, _) = status_json(
+            client()
+                .get(format!("{}/api/messages?limit=1", console.base))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    drop(console);
+    wait_until(
+        "the console's connection is gone",
+        Duration::from_secs(20),
+        || async { broker.depth(&broker.dlq).await == 1500 },
+    )
+    .await;
+    let left = broker.drain(&broker.dlq).await;
+    assert_eq!(left.len(), 1500);
+    let handed_back = left
+        .iter()
+        .filter(|d| header_int(d, "x-delivery-count").unwrap_or(0) > 0)
+        .count();
+    assert_eq!(handed_back, 0, "messages handed back by a cut-short pass");
+}
+
+/// Another site's page cannot make the console read the DLQ (a pass holds
+/// the lock): browsers mark such a request with Sec-Fetch-Site.
+#[tokio::test]
+async fn another_sites_page_cannot_start_a_read() {
+    let broker = Broker::new("console-xsite").await;
+    broker.declare().await;
+    let console = Console::start(&broker, None).await;
+    for site in ["cross-site", "same-site"] {
+        let r = client()
+            .get(format!("{}/api/messages", console.base))
+            .header("sec-fetch-site", site)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{site}");
+    }
+    let r = client()
+        .get(format!("{}/api/messages", console.base))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}

@@ -437,3 +437,17 @@ async fn the_worker_dead_letters_into_groups_by_cause() {
         "{g}"
     );
 }
+
+/// An empty filter value is no filter: `purge --grep "" --yes` would
+/// otherwise match every message without `--all`.
+#[tokio::test]
+async fn an_empty_filter_value_is_no_filter() {
+    let broker = Broker::new("dlq-empty-filter").await;
+    realistic_dlq(&broker).await;
+    for flag in ["--grep", "--reason", "--group", "--target"] {
+        let (code, _, stderr) =
+            run_bin(&["dlq", "purge", flag, "", "--yes"], &broker.vars(), b"").await;
+        assert_eq!(code, 2, "{flag}: {stderr}");
+    }
+    assert_eq!(broker.depth(&broker.dlq).await, 10);
+}
