@@ -95,6 +95,15 @@ impl Delivery {
     pub(crate) fn receive_content(&mut self, data: Vec<u8>) {
         self.data.extend(data);
     }
+
+    /// Makes room for the whole body the content header announced, so the
+    /// body frames fill one buffer instead of growing it by doubling (which
+    /// briefly holds up to twice the body and copies it each time). A size
+    /// beyond RabbitMQ's largest message (512 MiB) is not trusted up front.
+    pub(crate) fn expect_content(&mut self, size: u64) {
+        const MAX_RESERVED: u64 = 512 * 1024 * 1024;
+        self.data.reserve_exact(size.min(MAX_RESERVED) as usize);
+    }
 }
 
 impl Deref for Delivery {
