@@ -37,6 +37,8 @@ pub(super) enum ApiError {
     Bad(String),
     NotFound(String),
     Failed(anyhow::Error),
+    /// The DLQ changed since the page counted: `(the page's count, now)`.
+    Changed(u64, u64),
 }
 
 impl From<anyhow::Error> for ApiError {
@@ -50,6 +52,17 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::Bad(m) => error(StatusCode::BAD_REQUEST, &m),
             ApiError::NotFound(m) => error(StatusCode::NOT_FOUND, &m),
+            ApiError::Changed(expected, matched) => json_response(
+                StatusCode::CONFLICT,
+                &json!({
+                    "error": format!(
+                        "the DLQ changed: {matched} messages match now, not the {expected} \
+                         the page counted; nothing was done (read again)"
+                    ),
+                    "expected": expected,
+                    "matched": matched,
+                }),
+            ),
             ApiError::Failed(e) => match e.chain().find_map(|c| c.downcast_ref::<DlqBusy>()) {
                 // The page says so; the DlqBusy text starts with "another
                 // DLQ operation is running".
@@ -201,6 +214,9 @@ struct ActionBody {
     all: bool,
     #[serde(default)]
     dry_run: bool,
+    /// How many messages the page said the action touches: when the DLQ
+    /// now holds another number of matching messages, nothing is done (409).
+    expect: Option<u64>,
 }
 
 impl ActionBody {
@@ -357,6 +373,16 @@ async fn replay_pass(c: Arc<Console>, body: Bytes) -> ApiResult {
         rate: body.rate,
     };
     let _pass = c.passes.lock().await;
+    if let (Some(expected), false) = (body.expect, request.dry_run) {
+        let counted = ReplayRequest {
+            dry_run: true,
+            ..request.clone()
+        };
+        let now = dlq::replay::replay_messages_until(&c.broker, &counted, &c.stop).await?;
+        if now.matched != expected {
+            return Err(ApiError::Changed(expected, now.matched));
+        }
+    }
     let report = dlq::replay::replay_messages_until(&c.broker, &request, &c.stop).await?;
     if !request.dry_run {
         c.mark_stale();
@@ -392,6 +418,12 @@ async fn purge_pass(c: Arc<Console>, body: Bytes) -> ApiResult {
         ));
     }
     let _pass = c.passes.lock().await;
+    if let (Some(expected), false) = (body.expect, body.dry_run) {
+        let now = purge::purge_messages(&c.broker, &filter, true, &c.stop).await?;
+        if now.matched != expected {
+            return Err(ApiError::Changed(expected, now.matched));
+        }
+    }
     let report = purge::purge_messages(&c.broker, &filter, body.dry_run, &c.stop).await?;
     if !body.dry_run {
         c.mark_stale();

@@ -69,7 +69,7 @@
     }
     if (!r.ok) {
       let msg = (data && data.error) || r.status + " " + r.statusText;
-      if (r.status === 409) msg = "Busy: " + msg;
+      if (r.status === 409 && !(data && data.matched !== undefined)) msg = "Busy: " + msg;
       const err = new ApiError(r.status, msg);
       err.data = data;
       throw err;
@@ -159,7 +159,8 @@
       "Replay " + plural(what.count, "message") + " (" + what.label + ") to the inbound queue? " +
       "Each leaves the DLQ once the inbound queue has confirmed its copy.";
     if (!(await confirmAction("Replay", text, extra, "Replay " + plural(what.count, "message")))) return;
-    const body = Object.assign({}, what.filter);
+    // The server does nothing if the DLQ no longer holds this many.
+    const body = Object.assign({ expect: what.count }, what.filter);
     if (rate.value) body.rate = Number(rate.value);
     say("Replaying " + plural(what.count, "message") + "…");
     try {
@@ -185,7 +186,7 @@
     if (!(await confirmAction("Purge", text, null, "Remove " + plural(what.count, "message")))) return;
     say("Removing " + plural(what.count, "message") + "…");
     try {
-      const r = await api("/api/purge", { body: what.filter });
+      const r = await api("/api/purge", { body: Object.assign({ expect: what.count }, what.filter) });
       say(
         "Removed " + plural(r.removed, "message") + "; " + plural(r.kept, "message") + " stay." +
           (r.error ? " Stopped: " + r.error : ""),

@@ -848,3 +848,31 @@ async fn another_sites_page_cannot_start_a_read() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// An action states how many messages it touches; when the DLQ no longer
+/// holds that many matching ones (a newer dead-letter, a copy), nothing is
+/// done and the page is told the number now.
+#[tokio::test]
+async fn an_action_whose_count_changed_does_nothing() {
+    let broker = Broker::new("console-expect").await;
+    dlq(&broker).await;
+    let console = Console::start(&broker, None).await;
+    let (_, g) = console.get("/api/groups").await;
+    let users = group(&g, USERS_400)["id"].as_str().unwrap().to_owned();
+    let before = broker.depth(&broker.dlq).await;
+    for path in ["/api/purge", "/api/replay"] {
+        let (status, r) = console
+            .post(path, json!({"group": users, "expect": 1}))
+            .await;
+        assert_eq!(status, 409, "{path}: {r}");
+        assert_eq!(r["matched"], 2, "{r}");
+        assert!(r["error"].as_str().unwrap().contains("changed"), "{r}");
+    }
+    assert_eq!(broker.depth(&broker.dlq).await, before);
+    assert_eq!(broker.depth(&broker.queue).await, 0);
+    let (status, r) = console
+        .post("/api/purge", json!({"group": users, "expect": 2}))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["removed"], 2);
+}
