@@ -9,8 +9,10 @@ pub mod dlq_lock;
 pub mod dlq_pass;
 mod dlq_settle;
 pub mod fields;
+pub mod frame_fit;
 pub mod publisher;
 pub mod record;
+pub mod short_string;
 pub mod tool_session;
 pub mod topology;
 

@@ -12,241 +12,24 @@ use axum::{
     http::{header, StatusCode},
     response::{IntoResponse, Response},
 };
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt as _;
-use tracing::{info, warn};
+use tracing::info;
 
-use super::Console;
+use super::{
+    params::{query, ActionBody},
+    reply::{json_response, ok, ApiError, ApiResult},
+    Console,
+};
 use crate::{
-    broker::dlq_pass::DlqBusy,
     commands::dlq::{self, export, groups, list, purge, ReplayRequest},
-    domain::{
-        dead_letter::rfc3339_utc,
-        failure::{parse_time, Filter},
-    },
+    domain::{dead_letter::rfc3339_utc, failure::Filter},
 };
 
 /// Messages per page unless `limit` says otherwise, and the most it may say.
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 1000;
-
-/// Why a request failed, as the status it gets.
-pub(super) enum ApiError {
-    Bad(String),
-    NotFound(String),
-    Failed(anyhow::Error),
-    /// The DLQ changed since the page counted: `(the page's count, now)`.
-    Changed(u64, u64),
-}
-
-impl From<anyhow::Error> for ApiError {
-    fn from(e: anyhow::Error) -> Self {
-        ApiError::Failed(e)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        match self {
-            ApiError::Bad(m) => error(StatusCode::BAD_REQUEST, &m),
-            ApiError::NotFound(m) => error(StatusCode::NOT_FOUND, &m),
-            ApiError::Changed(expected, matched) => json_response(
-                StatusCode::CONFLICT,
-                &json!({
-                    "error": format!(
-                        "the DLQ changed: {matched} messages match now, not the {expected} \
-                         the page counted; nothing was done (read again)"
-                    ),
-                    "expected": expected,
-                    "matched": matched,
-                }),
-            ),
-            ApiError::Failed(e) => match e.chain().find_map(|c| c.downcast_ref::<DlqBusy>()) {
-                // The page says so; the DlqBusy text starts with "another
-                // DLQ operation is running".
-                Some(busy) => error(StatusCode::CONFLICT, &busy.to_string()),
-                None => {
-                    warn!("console: {e:#}");
-                    error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}"))
-                }
-            },
-        }
-    }
-}
-
-pub(super) type ApiResult = Result<Response, ApiError>;
-
-pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
-    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-        body,
-    )
-        .into_response()
-}
-
-fn ok(value: &impl Serialize) -> ApiResult {
-    Ok(json_response(StatusCode::OK, value))
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    json_response(status, &json!({ "error": message }))
-}
-
-// === filters ===
-
-/// The filter fields as text, from a query or a JSON body.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FilterFields {
-    reason: Option<String>,
-    target: Option<String>,
-    group: Option<String>,
-    #[serde(default)]
-    id: Ids,
-    since: Option<String>,
-    until: Option<String>,
-    grep: Option<String>,
-}
-
-/// `"id": "m-1"` or `"id": ["m-1", "m-2"]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(untagged)]
-enum Ids {
-    #[default]
-    None,
-    One(String),
-    Many(Vec<String>),
-}
-
-impl FilterFields {
-    fn to_filter(&self) -> Result<Filter, ApiError> {
-        let now = OffsetDateTime::now_utc();
-        let when = |name: &str, v: &Option<String>| match v.as_deref().map(str::trim) {
-            None | Some("") => Ok(None),
-            Some(t) => parse_time(t, now)
-                .map(Some)
-                .map_err(|e| ApiError::Bad(format!("{name}: {e}"))),
-        };
-        let text = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-        let ids = match &self.id {
-            Ids::None => Vec::new(),
-            Ids::One(id) => vec![id.clone()],
-            Ids::Many(ids) => ids.clone(),
-        };
-        Ok(Filter {
-            reason: text(&self.reason),
-            target: text(&self.target),
-            group: text(&self.group).map(|g| g.to_ascii_lowercase()),
-            ids: ids.into_iter().filter(|i| !i.is_empty()).collect(),
-            since: when("since", &self.since)?,
-            until: when("until", &self.until)?,
-            grep: text(&self.grep),
-        })
-    }
-}
-
-/// A GET's query: the filters and the paging (`offset`, `limit`) or
-/// `fresh`; an unknown parameter is refused (a typo must not widen a
-/// selection).
-#[derive(Debug, Default)]
-struct Query {
-    filter: FilterFields,
-    offset: u64,
-    limit: Option<usize>,
-    fresh: bool,
-}
-
-fn query(raw: Option<&str>, paging: bool) -> Result<Query, ApiError> {
-    let mut q = Query::default();
-    let number = |k: &str, v: &str| {
-        v.parse::<u64>()
-            .map_err(|_| ApiError::Bad(format!("{k}: not a number: {v:?}")))
-    };
-    let mut ids = Vec::new();
-    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        let v = v.into_owned();
-        match k.as_ref() {
-            "reason" => q.filter.reason = Some(v),
-            "target" => q.filter.target = Some(v),
-            "group" => q.filter.group = Some(v),
-            "id" => ids.push(v),
-            "since" => q.filter.since = Some(v),
-            "until" => q.filter.until = Some(v),
-            "grep" => q.filter.grep = Some(v),
-            "offset" if paging => q.offset = number("offset", &v)?,
-            "limit" if paging => {
-                let n = number("limit", &v)?;
-                if n == 0 || n > MAX_LIMIT as u64 {
-                    return Err(ApiError::Bad(format!("limit: 1 to {MAX_LIMIT}")));
-                }
-                q.limit = Some(n as usize);
-            }
-            "fresh" if !paging => q.fresh = !matches!(v.as_str(), "0" | "false"),
-            other => return Err(ApiError::Bad(format!("unknown parameter {other:?}"))),
-        }
-    }
-    q.filter.id = Ids::Many(ids);
-    Ok(q)
-}
-
-/// The JSON body of a POST.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ActionBody {
-    reason: Option<String>,
-    target: Option<String>,
-    group: Option<String>,
-    #[serde(default)]
-    id: Ids,
-    since: Option<String>,
-    until: Option<String>,
-    grep: Option<String>,
-    /// replay: messages per second.
-    rate: Option<u32>,
-    /// replay: at most this many.
-    limit: Option<u32>,
-    /// purge: needed when no filter is given.
-    #[serde(default)]
-    all: bool,
-    #[serde(default)]
-    dry_run: bool,
-    /// How many messages the page said the action touches: when the DLQ
-    /// now holds another number of matching messages, nothing is done (409).
-    expect: Option<u64>,
-}
-
-impl ActionBody {
-    fn parse(body: &[u8]) -> Result<ActionBody, ApiError> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(ActionBody::default());
-        }
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::Bad(format!("the body must be a JSON object of filters: {e}")))
-    }
-
-    fn filter(self) -> Result<(Filter, ActionBody), ApiError> {
-        let fields = FilterFields {
-            reason: self.reason.clone(),
-            target: self.target.clone(),
-            group: self.group.clone(),
-            id: match &self.id {
-                Ids::None => Ids::None,
-                Ids::One(i) => Ids::One(i.clone()),
-                Ids::Many(v) => Ids::Many(v.clone()),
-            },
-            since: self.since.clone(),
-            until: self.until.clone(),
-            grep: self.grep.clone(),
-        };
-        Ok((fields.to_filter()?, self))
-    }
-}
-
-// === handlers ===
 
 /// `GET /api/depth`: `{"dlq", "depth" (null when the DLQ does not exist),
 /// "at", "history": [[unix seconds, depth], ...]}` (the last hour).

@@ -262,7 +262,7 @@ fn unauthenticated(headers: &HeaderMap) -> Response {
 
 /// A JSON error `{"error": ...}`.
 pub fn refuse(status: StatusCode, message: &str) -> Response {
-    super::api::json_response(status, &serde_json::json!({ "error": message }))
+    super::reply::json_response(status, &serde_json::json!({ "error": message }))
 }
 
 /// The `name=value` pairs of the `Cookie` headers.

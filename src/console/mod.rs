@@ -15,6 +15,8 @@
 
 mod api;
 pub mod auth;
+mod params;
+mod reply;
 
 use std::{
     collections::VecDeque,
