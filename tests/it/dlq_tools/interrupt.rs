@@ -167,10 +167,13 @@ async fn kill_9_during_dlq_reads_loses_nothing_with_the_parking_policy() {
     let parked = format!("{}.parked", broker.dlq);
     broker.declare_with(&broker.dlq, quorum_with_limit(1)).await;
     broker.declare_with(&parked, FieldTable::default()).await;
-    let _policy = DeliveryLimit::definition(
+    let policy = DeliveryLimit::definition(
         &[&broker.dlq],
         &format!(r#"{{"dead-letter-exchange":"","dead-letter-routing-key":"{parked}"}}"#),
     );
+    policy.wait_applied(&broker.dlq).await;
+    // The parking queue goes too, even when the test fails.
+    let _parked = QueueGuard(parked.clone());
     let ids = fill_dlq(&broker, 300).await;
     let v = broker.vars();
     // Killed at moments spread over a pass: while the first messages are
@@ -318,5 +321,16 @@ async fn a_refused_replay_keeps_the_messages_in_the_dlq_without_spending_attempt
             0,
             "handed back"
         );
+    }
+}
+
+/// Deletes a queue of the test's when dropped.
+struct QueueGuard(String);
+
+impl Drop for QueueGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_queue", "-p", "/", &self.0])
+            .output();
     }
 }

@@ -939,6 +939,33 @@ impl DeliveryLimit {
     }
 }
 
+impl DeliveryLimit {
+    /// Waits until the broker shows this policy on `queue`.
+    pub async fn wait_applied(&self, queue: &str) {
+        let name = self.name.clone();
+        let queue = queue.to_owned();
+        wait_until(
+            &format!("policy {name} in force on {queue}"),
+            Duration::from_secs(30),
+            || {
+                let (name, queue) = (name.clone(), queue.clone());
+                async move {
+                    let out = tokio::process::Command::new("rabbitmqctl")
+                        .args(["list_queues", "-q", "-p", "/", "name", "policy"])
+                        .output()
+                        .await
+                        .expect("rabbitmqctl runs");
+                    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+                        let mut cells = l.split('\t');
+                        cells.next() == Some(queue.as_str()) && cells.next() == Some(name.as_str())
+                    })
+                }
+            },
+        )
+        .await;
+    }
+}
+
 impl Drop for DeliveryLimit {
     fn drop(&mut self) {
         let _ = std::process::Command::new("rabbitmqctl")
