@@ -10,14 +10,18 @@ use std::{
 
 use bytes::Bytes;
 use futures::{stream::FuturesUnordered, StreamExt};
-use lapin::{message::Delivery, options::BasicNackOptions, Acker, BasicProperties};
+use lapin::{message::Delivery, BasicProperties};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::{
     api::{ApiClient, CallReport, Endpoint},
-    broker::{acks::Acks, fields, publisher::Publisher},
+    broker::{
+        fields,
+        publisher::Publisher,
+        settlement::{Settlement, Told},
+    },
     config::{OutagePolicy, WorkerConfig},
     domain::{
         dead_letter, decide, message::validate_json, CallOutcome, DeadLetter, Disposition,
@@ -74,7 +78,7 @@ impl DeliveryHandler {
     /// Handles one delivery to its end and returns how it ended. Never panics
     /// on input; a failure to settle leaves the delivery unacked, so the broker
     /// delivers it again.
-    /// Its acks go through `acks`, the coalescer of the delivery's channel.
+    /// It is settled through `settlement` (acks coalesced on its channel).
     /// When `wrap_up` is cancelled, calls still running are dropped and the
     /// message goes back to the inbound queue with the targets done so far
     /// ([`Disposition::Return`]).
@@ -82,23 +86,17 @@ impl DeliveryHandler {
         self: Arc<Self>,
         delivery: Delivery,
         publisher: Arc<Publisher>,
-        acks: Acks,
+        settlement: Settlement,
         wrap_up: CancellationToken,
     ) -> Outcome {
         let started = Instant::now();
         let Delivery {
             data,
             properties,
-            acker,
             redelivered,
-            delivery_tag,
             ..
         } = delivery;
-        let settler = Settler {
-            acks,
-            tag: delivery_tag,
-            acker,
-        };
+        let settler = Settler(settlement);
         let (msg, malformed) = fields::inbound_message(&properties, Bytes::from(data));
         let span = tracing::info_span!("message", message_id = %msg.message_id);
         // OpenTelemetry: child of the message's traceparent (no-op when off).
@@ -416,26 +414,20 @@ fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
-/// Settles one delivery on its channel: acks through the channel's
-/// coalescer, nacks on their own.
-struct Settler {
-    acks: Acks,
-    tag: u64,
-    acker: Acker,
-}
+/// How settling a delivery counts: an ack that did not reach the broker is
+/// a redelivery to come (`requeued`), never an ack.
+struct Settler(Settlement);
 
 impl Settler {
     async fn ack(&self, outcome: Outcome) -> Outcome {
         crate::in_flight::settling();
-        match self.acks.ack(self.tag).await {
-            Ok(true) => outcome,
-            // The channel is gone: this delivery's tag is void and the broker
-            // delivers the message again.
-            Ok(false) => {
+        match self.0.ack().await {
+            Told::Sent => outcome,
+            Told::ChannelGone => {
                 warn!("ack not sent: the channel is closed; the broker will redeliver");
                 Outcome::Requeued
             }
-            Err(e) => {
+            Told::Failed(e) => {
                 warn!(error = %e, "ack failed; the broker will redeliver");
                 Outcome::Requeued
             }
@@ -444,12 +436,8 @@ impl Settler {
 
     async fn requeue(&self) -> Outcome {
         tokio::time::sleep(REQUEUE_DELAY).await;
-        let nack = BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        };
         crate::in_flight::settling();
-        if let Err(e) = self.acks.nack(self.tag, &self.acker, nack).await {
+        if let Told::Failed(e) = self.0.requeue().await {
             warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
         }
         Outcome::Requeued

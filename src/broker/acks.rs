@@ -182,11 +182,6 @@ impl Acks {
     pub fn is_unsettled(&self, tag: u64) -> bool {
         self.inner.lock().unsettled.contains_key(&tag)
     }
-
-    /// Tags delivered and not yet settled (for tests and debugging).
-    pub fn unsettled(&self) -> usize {
-        self.inner.lock().unsettled.len()
-    }
 }
 
 impl Inner {

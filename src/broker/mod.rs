@@ -12,6 +12,7 @@ pub mod fields;
 pub mod frame_fit;
 pub mod publisher;
 pub mod record;
+pub mod settlement;
 pub mod short_string;
 pub mod tool_session;
 pub mod topology;

@@ -23,14 +23,14 @@ use tracing::{debug, error, info, warn};
 use crate::in_flight::{InFlight, IN_FLIGHT};
 use crate::{
     backoff::Backoff,
-    broker::{close_channel, random_node, topology, BrokerError},
+    broker::{close_channel, random_node, settlement::Settlement, topology, BrokerError},
     config::BrokerConfig,
     delivery::DeliveryHandler,
     health::Health,
     metrics::Metrics,
 };
 use session::Session;
-pub use tasks::{guard_delivery, Settle};
+pub use tasks::guard_delivery;
 use tasks::{ConsumerTasks, REQUEUE};
 
 /// Reconnect delays: from half a second, doubling, at most 30 s (contract).
@@ -377,10 +377,11 @@ impl Supervisor {
         let handler = Arc::clone(&self.handler);
         let publisher = Arc::clone(&session.publisher);
         let channel = session.channel.clone();
-        let acker = delivery.acker.clone();
-        let tag = delivery.delivery_tag;
-        let acks = session.acks.clone();
-        session.acks.register(tag);
+        let settlement = Settlement::register(
+            session.acks.clone(),
+            delivery.delivery_tag,
+            delivery.acker.clone(),
+        );
         let token = tasks.token.clone();
         let slot = InFlight::new(self.metrics.in_flight.clone());
         // Its share of the byte budget, given back when the task ends and
@@ -389,9 +390,13 @@ impl Supervisor {
         // Boxed once here: the handler's future is several kilobytes, and
         // every wrapper below (guard, in-flight scope, tracker, the task
         // itself) would otherwise copy it whole.
-        let handled =
-            Box::pin(handler.handle(delivery, publisher, acks.clone(), tasks.wrap_up.clone()));
-        let task = guard_delivery(handled, Settle { acks, tag, acker }, channel, token);
+        let handled = Box::pin(handler.handle(
+            delivery,
+            publisher,
+            settlement.clone(),
+            tasks.wrap_up.clone(),
+        ));
+        let task = guard_delivery(handled, settlement, channel, token);
         let task = async move {
             task.await;
             drop(charge);

@@ -5,13 +5,16 @@
 use std::{panic::AssertUnwindSafe, time::Duration};
 
 use futures::FutureExt;
-use lapin::{options::BasicNackOptions, Acker, Channel};
+use lapin::{options::BasicNackOptions, Channel};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, warn};
 
 use super::{session::Session, BROKER_CALL_TIMEOUT};
 use crate::{
-    broker::{acks::Acks, close_channel},
+    broker::{
+        close_channel,
+        settlement::{HandBack, Settlement},
+    },
     in_flight::settling,
     metrics::Outcome,
 };
@@ -90,35 +93,6 @@ pub(super) const REQUEUE: BasicNackOptions = BasicNackOptions {
     requeue: true,
 };
 
-/// What a delivery task's guard needs to hand its message back: the
-/// channel's acks (so a nack never races a coalesced ack of the same tag),
-/// the delivery's tag and its acker.
-pub struct Settle {
-    pub acks: Acks,
-    pub tag: u64,
-    pub acker: Acker,
-}
-
-/// How handing a delivery back went.
-enum HandBack {
-    Sent,
-    /// Its ack had already gone out (or been taken to go out).
-    AlreadySettled,
-    NotSent,
-}
-
-/// Hands a delivery back to the queue, unless it was settled already.
-async fn hand_back(settle: &Settle) -> HandBack {
-    if !settle.acks.is_unsettled(settle.tag) {
-        return HandBack::AlreadySettled;
-    }
-    let nack = settle.acks.nack(settle.tag, &settle.acker, REQUEUE);
-    match tokio::time::timeout(BROKER_CALL_TIMEOUT, nack).await {
-        Ok(Ok(true)) => HandBack::Sent,
-        _ => HandBack::NotSent,
-    }
-}
-
 /// The life of one delivery task: `handled` (the handler working on the
 /// delivery) runs to its end unless `token` is cancelled first (its consumer
 /// or session is gone: the work is dropped and, on a live channel, the
@@ -127,7 +101,7 @@ async fn hand_back(settle: &Settle) -> HandBack {
 /// this channel's prefetch.
 pub async fn guard_delivery<F>(
     handled: F,
-    settle: Settle,
+    settlement: Settlement,
     channel: Channel,
     token: CancellationToken,
 ) where
@@ -139,13 +113,13 @@ pub async fn guard_delivery<F>(
         () = token.cancelled() => {
             settling();
             if channel.status().connected() {
-                hand_back(&settle).await;
+                settlement.hand_back(BROKER_CALL_TIMEOUT).await;
             }
         }
         handled = handled => {
             if handled.is_err() {
                 settling();
-                match hand_back(&settle).await {
+                match settlement.hand_back(BROKER_CALL_TIMEOUT).await {
                     HandBack::AlreadySettled => {
                         error!("a delivery task panicked after settling its message");
                     }

@@ -36,14 +36,10 @@ pub fn init_for(
     Ok(())
 }
 
-/// Installs the global subscriber; a second call is a no-op. `default` is the
-/// filter used when `RUST_LOG` is not set.
-pub fn init(format: LogFormat, default: &str) {
-    init_with(format, default, None);
-}
-
-/// [`init`], plus an extra layer (OpenTelemetry). `RUST_LOG` filters the log
-/// lines only; the extra layer has its own filter.
+/// Installs the global subscriber, with an extra layer (OpenTelemetry) if
+/// given; a second call is a no-op. `default` is the filter used when
+/// `RUST_LOG` is not set; it filters the log lines only, the extra layer has
+/// its own filter.
 pub fn init_with(format: LogFormat, default: &str, extra: Option<crate::otel::OtelLayer>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let lines = lines(format, std::io::stderr, std::io::stderr().is_terminal());

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use fanout_bridge::{
-    broker::acks::Acks,
+    broker::{acks::Acks, settlement::Settlement},
     metrics::Outcome,
-    supervisor::{guard_delivery, Settle},
+    supervisor::guard_delivery,
 };
 use futures::StreamExt;
 use lapin::{
@@ -56,12 +56,7 @@ async fn a_panicking_delivery_task_hands_its_message_back() {
         Outcome::Acked
     };
     let acks = Acks::new(channel.clone(), CancellationToken::new());
-    acks.register(first.delivery_tag);
-    let settle = Settle {
-        acks: acks.clone(),
-        tag: first.delivery_tag,
-        acker: first.acker.clone(),
-    };
+    let settle = Settlement::register(acks.clone(), first.delivery_tag, first.acker.clone());
     let guarded = tokio::spawn(guard_delivery(
         handler,
         settle,
