@@ -2,7 +2,7 @@
 
 use lapin::types::FieldTable;
 
-use super::tool_session::Session;
+use super::tool_session::ToolSession;
 
 /// Another DLQ operation holds the lock: this one did nothing.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +27,7 @@ pub fn lock_name(dlq: &str) -> String {
 ///
 /// # Errors
 /// [`DlqBusy`] when another connection holds it; a broker error otherwise.
-pub async fn lock(session: &Session, dlq: &str) -> anyhow::Result<()> {
+pub async fn lock(session: &ToolSession, dlq: &str) -> anyhow::Result<()> {
     let name = lock_name(dlq);
     let channel = session.scratch_channel().await?;
     let declared = channel

@@ -45,7 +45,7 @@ pub use super::dlq_copies::{
     filtered_headers, replayed_properties, replays_of, rotated_properties, DELIVERY_COUNT,
 };
 pub use super::dlq_lock::{lock, lock_name, DlqBusy};
-use super::{fields, tool_session::Session};
+use super::{fields, tool_session::ToolSession};
 use crate::config::BrokerConfig;
 
 /// Messages taken before their copies' confirms are awaited: enough to keep
@@ -142,7 +142,7 @@ pub(super) struct Copy {
 /// when `stop` is set, or on a broker error; in every case what was taken is
 /// settled before it returns.
 pub async fn pass(
-    session: &mut Session,
+    session: &mut ToolSession,
     broker_cfg: &BrokerConfig,
     max: u32,
     reader: &mut (dyn Reader + Send),

@@ -13,7 +13,7 @@ use super::{
     confirm_batch,
     dlq_pass::{copy_for, Fate, Pass, Taken},
     publisher::PublishError,
-    tool_session::{Session, CONFIRM_TIMEOUT},
+    tool_session::{ToolSession, CONFIRM_TIMEOUT},
 };
 use crate::config::BrokerConfig;
 
@@ -25,7 +25,7 @@ const RESENDS: usize = 3;
 /// its own copy is stored (or at once for a removal); a copy not stored is
 /// sent again alone, and a replay that cannot be stored is rotated instead.
 pub(super) async fn settle(
-    session: &mut Session,
+    session: &mut ToolSession,
     broker_cfg: &BrokerConfig,
     window: Vec<Taken>,
     confirms: Vec<Result<lapin::PublisherConfirm, PublishError>>,
@@ -95,7 +95,7 @@ pub(super) async fn settle(
 /// flight, so its return is its own), and a replay that still cannot be
 /// stored becomes a rotation. Returns the fate that was stored.
 async fn resend(
-    session: &mut Session,
+    session: &mut ToolSession,
     broker_cfg: &BrokerConfig,
     taken: &Taken,
     first: PublishError,

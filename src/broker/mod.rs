@@ -16,6 +16,7 @@ pub mod settlement;
 pub mod short_string;
 pub mod tool_session;
 pub mod topology;
+pub mod worker_session;
 
 use std::time::Duration;
 
@@ -27,6 +28,11 @@ use lapin::{
 use tracing::debug;
 
 use crate::config::BrokerConfig;
+
+/// Bounds every broker call made on the worker's consume path (QoS,
+/// consume, cancel, a nack, opening a channel): none may wait for ever on a
+/// broker that stopped answering.
+pub const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long one connection attempt may take before it counts as failed (an
 /// unreachable host can otherwise hang for the OS's TCP timeout).

@@ -25,7 +25,7 @@ use crate::{broker, config::BrokerConfig};
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An open connection with a working channel and a confirming publisher.
-pub struct Session {
+pub struct ToolSession {
     conn: Connection,
     /// For gets, acks, nacks and queue declares.
     pub channel: Channel,
@@ -35,13 +35,13 @@ pub struct Session {
     pub publisher: Publisher,
 }
 
-impl Session {
+impl ToolSession {
     /// Connects (through [`broker::connect`], which knows the URL list, TLS
     /// and timeouts) and opens both channels.
     ///
     /// # Errors
     /// When the broker cannot be reached or refuses a channel.
-    pub async fn open(broker_cfg: &BrokerConfig, role: &str) -> anyhow::Result<Session> {
+    pub async fn open(broker_cfg: &BrokerConfig, role: &str) -> anyhow::Result<ToolSession> {
         let conn = broker::connect(broker_cfg, role).await?;
         let channels = async {
             let channel = conn.create_channel().await.context("opening a channel")?;
@@ -50,7 +50,7 @@ impl Session {
         }
         .await;
         match channels {
-            Ok((channel, publisher)) => Ok(Session {
+            Ok((channel, publisher)) => Ok(ToolSession {
                 conn,
                 channel,
                 publisher,
@@ -63,7 +63,7 @@ impl Session {
     }
 
     /// A channel of its own for a call that may make the broker close it
-    /// (a passive declare of a missing queue), sparing [`Session::channel`].
+    /// (a passive declare of a missing queue), sparing [`ToolSession::channel`].
     ///
     /// # Errors
     /// When the broker refuses a channel.

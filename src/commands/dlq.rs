@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use lapin::message::Delivery;
 
 use crate::{
-    broker::{dlq_pass::Stop, tool_session::Session, topology, BrokerError},
+    broker::{dlq_pass::Stop, tool_session::ToolSession, topology, BrokerError},
     config::BrokerConfig,
     domain::failure::{group_of, Failed, Filter, Group},
 };
@@ -25,7 +25,7 @@ use crate::{
 macro_rules! in_session {
     ($broker:expr, $role:expr, |$session:ident| $work:expr) => {{
         #[allow(unused_mut)]
-        let mut $session = Session::open($broker, $role).await?;
+        let mut $session = ToolSession::open($broker, $role).await?;
         let result = match crate::broker::dlq_pass::lock(&$session, &$broker.dlq).await {
             Ok(()) => $work.await,
             Err(e) => Err(e),
@@ -114,7 +114,10 @@ pub fn select(filter: &Filter, d: &Delivery) -> (bool, Failed, Group) {
 
 /// The DLQ's depth, or `None` when it does not exist (nothing to read; the
 /// broker has then closed the channel).
-async fn dlq_depth(session: &Session, broker_cfg: &BrokerConfig) -> anyhow::Result<Option<u32>> {
+async fn dlq_depth(
+    session: &ToolSession,
+    broker_cfg: &BrokerConfig,
+) -> anyhow::Result<Option<u32>> {
     match topology::depth(&session.channel, &broker_cfg.dlq).await {
         Ok(d) => Ok(Some(d)),
         Err(BrokerError::QueueMissing(_)) => Ok(None),

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use serde::Serialize;
 
-use crate::broker::{confirm_batch, tool_session::Session};
+use crate::broker::{confirm_batch, tool_session::ToolSession};
 use crate::{
     broker::{fields::PERSISTENT, publisher::PublishError, topology},
     cli::OutputFormat,
@@ -131,7 +131,7 @@ pub async fn publish_lines(
     mut input: impl AsyncBufRead + Unpin,
     mut on_rejected: Option<OnRejected<'_>>,
 ) -> anyhow::Result<Summary> {
-    let mut session = Session::open(broker, "publish").await?;
+    let mut session = ToolSession::open(broker, "publish").await?;
     let result = async {
         topology::declare_all(&session.channel, broker).await?;
         let progress = ProgressBar::new_spinner().with_style(
@@ -207,7 +207,11 @@ impl Batch {
     /// could not be matched (a confirm timed out), publishing goes on on a
     /// fresh channel: a late confirm or return on the old one would be taken
     /// for a later line's.
-    async fn settle(&mut self, session: &mut Session, summary: &mut Summary) -> anyhow::Result<()> {
+    async fn settle(
+        &mut self,
+        session: &mut ToolSession,
+        summary: &mut Summary,
+    ) -> anyhow::Result<()> {
         let lines = std::mem::take(&mut self.lines);
         let confirms = std::mem::take(&mut self.confirms);
         let (results, uncertain) = confirm_batch::outcomes(confirms, |i, returned| {

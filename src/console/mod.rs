@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::{
-    broker::{dlq_pass::Stop, tool_session::Session, topology, BrokerError},
+    broker::{dlq_pass::Stop, tool_session::ToolSession, topology, BrokerError},
     commands::dlq::groups::Groups,
     config::{BrokerConfig, ConfigError, RawConfig},
 };
@@ -279,7 +279,7 @@ impl Console {
 /// pass, no lock), and its samples over the last hour.
 #[derive(Default)]
 struct DepthProbe {
-    session: tokio::sync::Mutex<Option<Session>>,
+    session: tokio::sync::Mutex<Option<ToolSession>>,
     samples: Mutex<VecDeque<(i64, u32)>>,
 }
 
@@ -292,7 +292,7 @@ impl DepthProbe {
         for _ in 0..2 {
             let session = match slot.take() {
                 Some(s) => s,
-                None => Session::open(broker, "console depth").await?,
+                None => ToolSession::open(broker, "console depth").await?,
             };
             match topology::depth(&session.channel, &broker.dlq).await {
                 Ok(d) => {

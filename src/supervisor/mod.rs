@@ -4,7 +4,6 @@
 //! runs; only shutdown ends it.
 
 pub mod budget;
-mod session;
 mod tasks;
 
 use std::{sync::Arc, time::Duration};
@@ -20,6 +19,7 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, warn};
 
+use crate::broker::{worker_session::WorkerSession, BROKER_CALL_TIMEOUT};
 use crate::in_flight::{InFlight, IN_FLIGHT};
 use crate::{
     backoff::Backoff,
@@ -29,7 +29,6 @@ use crate::{
     health::Health,
     metrics::Metrics,
 };
-use session::Session;
 pub use tasks::guard_delivery;
 use tasks::{ConsumerTasks, REQUEUE};
 
@@ -40,10 +39,6 @@ const TICK: Duration = Duration::from_secs(1);
 /// How often the DLQ depth gauge is refreshed, by a task of its own so no
 /// broker call of it can hold up the consume loop.
 const DLQ_DEPTH_EVERY: Duration = Duration::from_secs(5);
-/// Bounds every broker call made on the consume path (consume, cancel, nack,
-/// opening a channel): none may wait for ever on a broker that stopped
-/// answering.
-const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a hold pause, how long the old consumer's deliveries may still
 /// finish before they are abandoned and the new consumer starts.
 const HOLD_FINISH_GRACE: Duration = Duration::from_secs(5);
@@ -101,7 +96,7 @@ impl Supervisor {
         let mut next = random_node(&self.broker);
         while !shutdown.is_cancelled() {
             let opened = tokio::select! {
-                r = Session::open(&self.broker, self.budget.target(), next) => r,
+                r = WorkerSession::open(&self.broker, self.budget.target(), next) => r,
                 () = shutdown.cancelled() => break,
             };
             match opened {
@@ -159,7 +154,7 @@ impl Supervisor {
     /// ([`budget`]), the consumer is replaced by one with that prefetch: what
     /// the old one had been sent is processed, and the new one starts when
     /// what is in flight leaves it room.
-    async fn consume(&self, session: &mut Session, shutdown: &CancellationToken) -> End {
+    async fn consume(&self, session: &mut WorkerSession, shutdown: &CancellationToken) -> End {
         let mut tick = tokio::time::interval(TICK);
         let mut pause = self.pause.clone();
         pause.mark_unchanged();
@@ -349,7 +344,7 @@ impl Supervisor {
     /// each a delivery attempt).
     async fn retire_consumer(
         &self,
-        session: &Session,
+        session: &WorkerSession,
         consumer: &mut Consumer,
         tasks: &ConsumerTasks,
     ) -> Result<(), String> {
@@ -373,7 +368,7 @@ impl Supervisor {
 
     /// Spawns the task that owns one delivery until it is settled, abandoned
     /// (its consumer or session is gone) or its handler panics.
-    fn dispatch(&self, delivery: Delivery, session: &Session, tasks: &ConsumerTasks) {
+    fn dispatch(&self, delivery: Delivery, session: &WorkerSession, tasks: &ConsumerTasks) {
         let handler = Arc::clone(&self.handler);
         let publisher = Arc::clone(&session.publisher);
         let channel = session.channel.clone();
@@ -409,7 +404,7 @@ impl Supervisor {
     /// Cancels the consumer and hands back, unprocessed, what the broker had
     /// already sent it, so those messages wait in the queue (for this or
     /// another worker) rather than in this worker's prefetch.
-    async fn stop_consumer(&self, session: &Session, consumer: &mut Consumer) {
+    async fn stop_consumer(&self, session: &WorkerSession, consumer: &mut Consumer) {
         let cancel = session
             .channel
             .basic_cancel(consumer.tag(), BasicCancelOptions::default());
@@ -443,7 +438,7 @@ impl Supervisor {
     /// Refreshes the DLQ depth gauge every few seconds on a channel of its
     /// own (a passive declare of a missing queue closes its channel), every
     /// broker call bounded, until the session ends.
-    fn spawn_dlq_depth(&self, session: &Session) -> tokio::task::JoinHandle<()> {
+    fn spawn_dlq_depth(&self, session: &WorkerSession) -> tokio::task::JoinHandle<()> {
         let conn = Arc::clone(&session.publish_conn);
         let token = session.token.clone();
         let dlq = self.broker.dlq.clone();

@@ -9,7 +9,7 @@ use lapin::{options::BasicNackOptions, Channel};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, warn};
 
-use super::{session::Session, BROKER_CALL_TIMEOUT};
+use crate::broker::{worker_session::WorkerSession, BROKER_CALL_TIMEOUT};
 use crate::{
     broker::{
         close_channel,
@@ -38,7 +38,7 @@ pub(super) struct ConsumerTasks {
 const WRAP_UP_WAIT: Duration = Duration::from_secs(20);
 
 impl ConsumerTasks {
-    pub(super) fn new(session: &Session) -> Self {
+    pub(super) fn new(session: &WorkerSession) -> Self {
         ConsumerTasks {
             token: session.token.child_token(),
             wrap_up: CancellationToken::new(),

@@ -13,7 +13,7 @@ use base64::{engine::general_purpose::STANDARD, Engine as _};
 use lapin::message::Delivery;
 use serde_json::{json, Value};
 
-use super::{dlq_depth, interrupted, select, stop_on_signals, Output, Session};
+use super::{dlq_depth, interrupted, select, stop_on_signals, Output, ToolSession};
 use crate::{
     broker::{
         dlq_pass::{pass, Fate, Reader, Stop},

@@ -6,7 +6,7 @@ use lapin::message::Delivery;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{dlq_depth, interrupted, print_lines, select, stop_on_signals, Session};
+use super::{dlq_depth, interrupted, print_lines, select, stop_on_signals, ToolSession};
 use crate::{
     broker::dlq_pass::{pass, Fate, Reader, Stop},
     cli::OutputFormat,

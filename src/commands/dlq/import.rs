@@ -12,7 +12,7 @@ use lapin::{
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{print_lines, replay::ensure_inbound_queue, Session};
+use super::{print_lines, replay::ensure_inbound_queue, ToolSession};
 use crate::{
     broker::{
         dlq_pass::replayed_properties,
@@ -114,7 +114,7 @@ pub async fn import(
     let session = if dry_run {
         None
     } else {
-        let session = Session::open(broker_cfg, "dlq import").await?;
+        let session = ToolSession::open(broker_cfg, "dlq import").await?;
         if let Err(e) = ensure_inbound_queue(&session, broker_cfg).await {
             session.close().await;
             return Err(e);

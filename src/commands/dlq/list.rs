@@ -6,7 +6,7 @@ use lapin::message::Delivery;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{dlq_depth, export::record, interrupted, select, Session};
+use super::{dlq_depth, export::record, interrupted, select, ToolSession};
 use crate::{
     broker::dlq_pass::{pass, Fate, Reader, Stop},
     config::BrokerConfig,

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use super::{
     dlq_depth, interrupted,
     reasons::{failed_of, reason_of},
-    select, stop_on_signals, Output, Session,
+    select, stop_on_signals, Output, ToolSession,
 };
 use crate::{
     broker::{

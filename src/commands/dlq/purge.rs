@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, process::ExitCode};
 use lapin::message::Delivery;
 use serde::Serialize;
 
-use super::{dlq_depth, print_lines, select, stop_on_signals, Session};
+use super::{dlq_depth, print_lines, select, stop_on_signals, ToolSession};
 use crate::{
     broker::dlq_pass::{pass, Fate, Reader, Stop},
     cli::OutputFormat,

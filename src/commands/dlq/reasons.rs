@@ -8,7 +8,7 @@ use lapin::{
 };
 use serde::Serialize;
 
-use super::{dlq_depth, interrupted, print_lines, select, stop_on_signals, Session};
+use super::{dlq_depth, interrupted, print_lines, select, stop_on_signals, ToolSession};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use crate::{

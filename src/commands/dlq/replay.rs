@@ -7,7 +7,7 @@ use anyhow::Context;
 use lapin::message::Delivery;
 use serde::Serialize;
 
-use super::{dlq_depth, print_lines, select, stop_on_signals, Session};
+use super::{dlq_depth, print_lines, select, stop_on_signals, ToolSession};
 use crate::{
     broker::{
         self,
@@ -169,7 +169,7 @@ pub async fn replay(
 /// this tool, is the judge of those); a missing one is declared as the worker
 /// would declare it.
 pub(super) async fn ensure_inbound_queue(
-    session: &Session,
+    session: &ToolSession,
     broker_cfg: &BrokerConfig,
 ) -> anyhow::Result<()> {
     let scratch = session.scratch_channel().await?;

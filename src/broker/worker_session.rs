@@ -7,14 +7,11 @@ use std::{sync::Arc, time::Duration};
 use lapin::{options::BasicQosOptions, Channel, Connection};
 use tokio_util::sync::CancellationToken;
 
-use super::BROKER_CALL_TIMEOUT;
-use crate::{
-    broker::{
-        acks::Acks, close, close_channel, connect_from, connect_node, publisher::Publisher,
-        topology, BrokerError,
-    },
-    config::BrokerConfig,
+use super::{
+    acks::Acks, close, close_channel, connect_from, connect_node, publisher::Publisher, topology,
+    BrokerError, BROKER_CALL_TIMEOUT,
 };
+use crate::config::BrokerConfig;
 
 /// Bounds opening a session (connect, declare, QoS, publisher).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,23 +21,23 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 const WORKER_CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One generation of broker connections, on one node.
-pub(super) struct Session {
-    pub(super) consume_conn: Connection,
-    pub(super) channel: Channel,
+pub struct WorkerSession {
+    pub consume_conn: Connection,
+    pub channel: Channel,
     /// The prefetch (`basic.qos`) the channel's next consumer gets.
-    pub(super) qos: u16,
+    pub qos: u16,
     /// The consuming channel's acks, coalesced.
-    pub(super) acks: Acks,
-    pub(super) publish_conn: Arc<Connection>,
-    pub(super) publisher: Arc<Publisher>,
+    pub acks: Acks,
+    pub publish_conn: Arc<Connection>,
+    pub publisher: Arc<Publisher>,
     /// Index into the configured nodes, and its `host:port`.
-    pub(super) index: usize,
-    pub(super) node: String,
+    pub index: usize,
+    pub node: String,
     /// Cancelled when the session ends: every delivery task of it abandons
     /// its work (their acks could no longer be sent, and the redelivered
     /// copies are about to be processed again), and the DLQ-depth task stops.
-    pub(super) token: CancellationToken,
-    pub(super) depth_task: Option<tokio::task::JoinHandle<()>>,
+    pub token: CancellationToken,
+    pub depth_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 async fn within<T>(
@@ -53,14 +50,14 @@ async fn within<T>(
         .map_err(|_| BrokerError::Timeout(what))?
 }
 
-impl Session {
+impl WorkerSession {
     /// Connects to the first node that answers, from `start` on, and opens
     /// everything else on that same node.
-    pub(super) async fn open(
+    pub async fn open(
         cfg: &BrokerConfig,
         prefetch: u16,
         start: usize,
-    ) -> Result<Session, BrokerError> {
+    ) -> Result<WorkerSession, BrokerError> {
         let connected = connect_from(cfg, start, "consumer").await?;
         let (consume_conn, index, node) = (connected.conn, connected.index, connected.node);
         let rest = within("opening the session", OPEN_TIMEOUT, async {
@@ -92,7 +89,7 @@ impl Session {
         match rest {
             Ok((channel, publish_conn, publisher)) => {
                 let token = CancellationToken::new();
-                Ok(Session {
+                Ok(WorkerSession {
                     consume_conn,
                     qos: prefetch,
                     acks: Acks::new(channel.clone(), token.clone()),
@@ -113,7 +110,7 @@ impl Session {
     }
 
     /// Why this session can no longer be used, if it cannot.
-    pub(super) fn fault(&self) -> Option<&'static str> {
+    pub fn fault(&self) -> Option<&'static str> {
         if !self.consume_conn.status().connected() {
             Some("the consuming connection was lost")
         } else if !self.channel.status().connected() {
@@ -127,7 +124,7 @@ impl Session {
         }
     }
 
-    pub(super) async fn close(&mut self) {
+    pub async fn close(&mut self) {
         self.token.cancel();
         if let Some(task) = self.depth_task.take() {
             let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, task).await;
