@@ -57,6 +57,10 @@ pub const WINDOW_MESSAGES: usize = 16;
 /// than this is still read, alone.
 pub const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 
+/// A message a pass read: the tools read it through [`super::dlq_view`] and
+/// [`super::record`].
+pub type Message = Delivery;
+
 /// What a pass does with one message it read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fate {
@@ -71,7 +75,7 @@ pub enum Fate {
 /// The command-specific part of a pass over the DLQ.
 pub trait Reader {
     /// Called for each message read, in DLQ order, before its copy is sent.
-    fn decide(&mut self, delivery: &Delivery) -> Fate;
+    fn decide(&mut self, delivery: &Message) -> Fate;
     /// Checked before each read: true ends the pass before its bound.
     fn done(&self) -> bool {
         false

@@ -8,6 +8,7 @@ pub mod dlq_copies;
 pub mod dlq_lock;
 pub mod dlq_pass;
 mod dlq_settle;
+pub mod dlq_view;
 pub mod fields;
 pub mod frame_fit;
 pub mod publisher;

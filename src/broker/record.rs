@@ -17,6 +17,8 @@ use lapin::{
 };
 use serde_json::{json, Map, Value};
 
+use crate::domain::dead_letter;
+
 /// One header value as JSON.
 pub fn value_to_json(value: &AMQPValue) -> Value {
     match value {
@@ -203,6 +205,71 @@ pub fn properties_from_json(
     Ok(props)
 }
 
+/// One message as an export line: `{"message_id", "reason", "group",
+/// "replays", "body" (UTF-8) or "body_base64", "properties", "headers"}`.
+pub fn record(d: &lapin::message::Delivery, reason: &str, group: &str, replays: i64) -> Value {
+    let mut out = json!({
+        "message_id": d.properties.message_id().as_ref().map(|s| s.as_str().to_owned()),
+        "reason": reason,
+        "group": group,
+        "replays": replays,
+        "properties": properties_to_json(&d.properties),
+        "headers": d.properties.headers().as_ref().map(table_to_json).unwrap_or_default(),
+    });
+    match std::str::from_utf8(&d.data) {
+        Ok(text) => out["body"] = Value::String(text.to_owned()),
+        Err(_) => out["body_base64"] = Value::String(STANDARD.encode(&d.data)),
+    }
+    out
+}
+
+/// One export line as a message to publish: body and properties, with the
+/// replay rules applied (`x-bridge-done-targets` kept, `x-bridge-replays`
+/// counted, the other `x-bridge-*` and the broker's history dropped).
+///
+/// # Errors
+/// A text saying why the line is not a valid export record.
+pub fn parse_record(line: &str) -> Result<(Vec<u8>, BasicProperties), String> {
+    let value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let Value::Object(record) = value else {
+        return Err("not a JSON object".into());
+    };
+    let object = |name: &str| -> Result<Map<String, Value>, String> {
+        match record.get(name) {
+            Some(Value::Object(m)) => Ok(m.clone()),
+            Some(_) => Err(format!("\"{name}\" must be an object")),
+            None => Err(format!("no \"{name}\"")),
+        }
+    };
+    let body = match (record.get("body"), record.get("body_base64")) {
+        (Some(Value::String(text)), None) => text.as_bytes().to_vec(),
+        (None, Some(Value::String(b64))) => STANDARD
+            .decode(b64)
+            .map_err(|e| format!("\"body_base64\" is not base64: {e}"))?,
+        (Some(_), Some(_)) => return Err("both \"body\" and \"body_base64\"".into()),
+        (None, None) => return Err("no \"body\" or \"body_base64\"".into()),
+        _ => return Err("the body must be a string".into()),
+    };
+    let mut headers = table_from_json(&object("headers")?)?;
+    if super::fields::header_int(Some(&headers), dead_letter::REPLAYS).is_none() {
+        if let Some(n) = record.get("replays").and_then(Value::as_i64) {
+            headers.insert(dead_letter::REPLAYS.into(), AMQPValue::LongLongInt(n));
+        }
+    }
+    let mut props = properties_from_json(&object("properties")?, headers)?;
+    match record.get("message_id") {
+        Some(Value::String(id)) => {
+            if super::fields::short_string_bytes(id).len() > 255 {
+                return Err("\"message_id\" is longer than 255 bytes".into());
+            }
+            props = props.with_message_id(ShortString::from(id.as_str()));
+        }
+        None | Some(Value::Null) => {}
+        Some(_) => return Err("\"message_id\" must be a string or null".into()),
+    }
+    Ok((body, super::dlq_copies::replayed_properties(&props)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +327,58 @@ mod tests {
         bad = json;
         bad.insert("colour".into(), json!("red"));
         assert!(properties_from_json(&bad, FieldTable::default()).is_err());
+    }
+
+    #[test]
+    fn an_export_line_becomes_a_replayed_message() {
+        let line = r#"{"message_id":"m-1","reason":"api_failed","group":"abcd0123","replays":1,
+            "body":"{\"a\":1}","properties":{"content_type":"application/json","user_id":"guest"},
+            "headers":{"x-bridge-reason":"api_failed","x-bridge-done-targets":"user-management",
+            "x-bridge-replays":1,"tenant":"acme","x-death":[{"reason":"delivery_limit"}]}}"#
+            .replace('\n', "");
+        let (body, props) = parse_record(&line).unwrap();
+        assert_eq!(body, br#"{"a":1}"#);
+        assert_eq!(props.message_id().as_ref().unwrap().as_str(), "m-1");
+        assert!(props.user_id().is_none());
+        let h = props.headers().as_ref().unwrap();
+        let mut keys: Vec<_> = h.inner().keys().map(|k| k.as_str().to_owned()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["tenant", "x-bridge-done-targets", "x-bridge-replays"]
+        );
+        assert_eq!(
+            super::super::fields::header_int(Some(h), dead_letter::REPLAYS),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn bad_lines_say_what_is_wrong() {
+        let cases = [
+            ("not json", "not JSON"),
+            ("[1]", "not a JSON object"),
+            (r#"{"properties":{},"headers":{}}"#, "no \"body\""),
+            (r#"{"body":"x","headers":{}}"#, "no \"properties\""),
+            (
+                r#"{"body":"x","properties":{},"headers":[]}"#,
+                "\"headers\" must be an object",
+            ),
+            (
+                r#"{"body_base64":"%%","properties":{},"headers":{}}"#,
+                "not base64",
+            ),
+            (
+                r#"{"body":"x","properties":{"priority":"hi"},"headers":{}}"#,
+                "priority",
+            ),
+        ];
+        for (line, want) in cases {
+            let e = parse_record(line).unwrap_err();
+            assert!(e.contains(want), "{line}: {e}");
+        }
+        let (body, _) =
+            parse_record(r#"{"body_base64":"/wA=","properties":{},"headers":{}}"#).unwrap();
+        assert_eq!(body, [0xff, 0x00]);
     }
 }

@@ -12,10 +12,13 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 
-use lapin::message::Delivery;
-
 use crate::{
-    broker::{dlq_pass::Stop, tool_session::ToolSession, topology, BrokerError},
+    broker::{
+        dlq_pass::{Message, Stop},
+        dlq_view::failed_of,
+        tool_session::ToolSession,
+        topology, BrokerError,
+    },
     config::BrokerConfig,
     domain::failure::{group_of, Failed, Filter, Group},
 };
@@ -44,8 +47,9 @@ pub mod purge;
 pub mod reasons;
 pub mod replay;
 
-pub use peek::{describe, peek};
-pub use reasons::{collect_stats, reason_of, stats, Stats, DELIVERY_LIMIT, UNKNOWN};
+pub use crate::broker::dlq_view::{describe, reason_of, DELIVERY_LIMIT, UNKNOWN};
+pub use peek::peek;
+pub use reasons::{collect_stats, stats, Stats};
 pub use replay::{replay, replay_messages, Chosen, ReplayReport, ReplayRequest};
 
 /// A stop for a pass, set by the first SIGINT or SIGTERM: the pass then
@@ -106,8 +110,8 @@ pub fn print_lines(lines: &[String]) {
 }
 
 /// The group of a message read and whether `filter` selects it.
-pub fn select(filter: &Filter, d: &Delivery) -> (bool, Failed, Group) {
-    let failed = reasons::failed_of(d);
+pub fn select(filter: &Filter, d: &Message) -> (bool, Failed, Group) {
+    let failed = failed_of(d);
     let group = group_of(&failed);
     (filter.matches(&failed, &group, &d.data), failed, group)
 }

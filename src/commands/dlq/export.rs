@@ -9,37 +9,16 @@ use std::{
 };
 
 use anyhow::Context as _;
-use base64::{engine::general_purpose::STANDARD, Engine as _};
-use lapin::message::Delivery;
-use serde_json::{json, Value};
 
 use super::{dlq_depth, interrupted, select, stop_on_signals, Output, ToolSession};
 use crate::{
     broker::{
-        dlq_pass::{pass, Fate, Reader, Stop},
-        record::{properties_to_json, table_to_json},
+        dlq_pass::{pass, Fate, Message, Reader, Stop},
+        record::record,
     },
     config::BrokerConfig,
     domain::failure::Filter,
 };
-
-/// One message as an export line: `{"message_id", "reason", "group",
-/// "replays", "body" (UTF-8) or "body_base64", "properties", "headers"}`.
-pub fn record(d: &Delivery, reason: &str, group: &str, replays: i64) -> Value {
-    let mut out = json!({
-        "message_id": d.properties.message_id().as_ref().map(|s| s.as_str().to_owned()),
-        "reason": reason,
-        "group": group,
-        "replays": replays,
-        "properties": properties_to_json(&d.properties),
-        "headers": d.properties.headers().as_ref().map(table_to_json).unwrap_or_default(),
-    });
-    match std::str::from_utf8(&d.data) {
-        Ok(text) => out["body"] = Value::String(text.to_owned()),
-        Err(_) => out["body_base64"] = Value::String(STANDARD.encode(&d.data)),
-    }
-    out
-}
 
 /// Where the lines go.
 enum Sink {
@@ -78,7 +57,7 @@ struct Exporter<'a> {
 }
 
 impl Reader for Exporter<'_> {
-    fn decide(&mut self, d: &Delivery) -> Fate {
+    fn decide(&mut self, d: &Message) -> Fate {
         let (wanted, failed, group) = select(self.filter, d);
         if wanted {
             self.written += 1;

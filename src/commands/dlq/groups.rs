@@ -2,13 +2,12 @@
 
 use std::{collections::HashMap, process::ExitCode};
 
-use lapin::message::Delivery;
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::{dlq_depth, interrupted, print_lines, select, stop_on_signals, ToolSession};
 use crate::{
-    broker::dlq_pass::{pass, Fate, Reader, Stop},
+    broker::dlq_pass::{pass, Fate, Message, Reader, Stop},
     cli::OutputFormat,
     config::BrokerConfig,
     domain::{dead_letter::rfc3339_utc, failure::Filter},
@@ -52,7 +51,7 @@ struct Grouper<'a> {
 }
 
 impl Reader for Grouper<'_> {
-    fn decide(&mut self, d: &Delivery) -> Fate {
+    fn decide(&mut self, d: &Message) -> Fate {
         let (wanted, failed, group) = select(self.filter, d);
         if wanted {
             let tally = self.groups.entry(group.id.clone()).or_default();

@@ -4,24 +4,13 @@
 use std::{path::Path, process::ExitCode};
 
 use anyhow::Context as _;
-use base64::{engine::general_purpose::STANDARD, Engine as _};
-use lapin::{
-    types::{AMQPValue, ShortString},
-    BasicProperties,
-};
 use serde::Serialize;
-use serde_json::{Map, Value};
 
 use super::{print_lines, replay::ensure_inbound_queue, ToolSession};
 use crate::{
-    broker::{
-        dlq_pass::replayed_properties,
-        fields,
-        record::{properties_from_json, table_from_json},
-    },
+    broker::{fields, record::parse_record},
     cli::OutputFormat,
     config::BrokerConfig,
-    domain::dead_letter,
 };
 
 /// A line that is not a valid export record.
@@ -44,53 +33,6 @@ pub struct ImportReport {
     pub unconfirmed: u64,
     pub rejected: Vec<Rejected>,
     pub error: Option<String>,
-}
-
-/// One export line as a message to publish: body and properties, with the
-/// replay rules applied (`x-bridge-done-targets` kept, `x-bridge-replays`
-/// counted, the other `x-bridge-*` and the broker's history dropped).
-///
-/// # Errors
-/// A text saying why the line is not a valid export record.
-pub fn parse_record(line: &str) -> Result<(Vec<u8>, BasicProperties), String> {
-    let value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-    let Value::Object(record) = value else {
-        return Err("not a JSON object".into());
-    };
-    let object = |name: &str| -> Result<Map<String, Value>, String> {
-        match record.get(name) {
-            Some(Value::Object(m)) => Ok(m.clone()),
-            Some(_) => Err(format!("\"{name}\" must be an object")),
-            None => Err(format!("no \"{name}\"")),
-        }
-    };
-    let body = match (record.get("body"), record.get("body_base64")) {
-        (Some(Value::String(text)), None) => text.as_bytes().to_vec(),
-        (None, Some(Value::String(b64))) => STANDARD
-            .decode(b64)
-            .map_err(|e| format!("\"body_base64\" is not base64: {e}"))?,
-        (Some(_), Some(_)) => return Err("both \"body\" and \"body_base64\"".into()),
-        (None, None) => return Err("no \"body\" or \"body_base64\"".into()),
-        _ => return Err("the body must be a string".into()),
-    };
-    let mut headers = table_from_json(&object("headers")?)?;
-    if fields::header_int(Some(&headers), dead_letter::REPLAYS).is_none() {
-        if let Some(n) = record.get("replays").and_then(Value::as_i64) {
-            headers.insert(dead_letter::REPLAYS.into(), AMQPValue::LongLongInt(n));
-        }
-    }
-    let mut props = properties_from_json(&object("properties")?, headers)?;
-    match record.get("message_id") {
-        Some(Value::String(id)) => {
-            if fields::short_string_bytes(id).len() > 255 {
-                return Err("\"message_id\" is longer than 255 bytes".into());
-            }
-            props = props.with_message_id(ShortString::from(id.as_str()));
-        }
-        None | Some(Value::Null) => {}
-        Some(_) => return Err("\"message_id\" must be a string or null".into()),
-    }
-    Ok((body, replayed_properties(&props)))
 }
 
 /// # Errors
@@ -199,60 +141,5 @@ pub async fn import(
         Ok(ExitCode::SUCCESS)
     } else {
         Ok(ExitCode::from(1))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_export_line_becomes_a_replayed_message() {
-        let line = r#"{"message_id":"m-1","reason":"api_failed","group":"abcd0123","replays":1,
-            "body":"{\"a\":1}","properties":{"content_type":"application/json","user_id":"guest"},
-            "headers":{"x-bridge-reason":"api_failed","x-bridge-done-targets":"user-management",
-            "x-bridge-replays":1,"tenant":"acme","x-death":[{"reason":"delivery_limit"}]}}"#
-            .replace('\n', "");
-        let (body, props) = parse_record(&line).unwrap();
-        assert_eq!(body, br#"{"a":1}"#);
-        assert_eq!(props.message_id().as_ref().unwrap().as_str(), "m-1");
-        assert!(props.user_id().is_none());
-        let h = props.headers().as_ref().unwrap();
-        let mut keys: Vec<_> = h.inner().keys().map(|k| k.as_str().to_owned()).collect();
-        keys.sort();
-        assert_eq!(
-            keys,
-            ["tenant", "x-bridge-done-targets", "x-bridge-replays"]
-        );
-        assert_eq!(fields::header_int(Some(h), dead_letter::REPLAYS), Some(2));
-    }
-
-    #[test]
-    fn bad_lines_say_what_is_wrong() {
-        let cases = [
-            ("not json", "not JSON"),
-            ("[1]", "not a JSON object"),
-            (r#"{"properties":{},"headers":{}}"#, "no \"body\""),
-            (r#"{"body":"x","headers":{}}"#, "no \"properties\""),
-            (
-                r#"{"body":"x","properties":{},"headers":[]}"#,
-                "\"headers\" must be an object",
-            ),
-            (
-                r#"{"body_base64":"%%","properties":{},"headers":{}}"#,
-                "not base64",
-            ),
-            (
-                r#"{"body":"x","properties":{"priority":"hi"},"headers":{}}"#,
-                "priority",
-            ),
-        ];
-        for (line, want) in cases {
-            let e = parse_record(line).unwrap_err();
-            assert!(e.contains(want), "{line}: {e}");
-        }
-        let (body, _) =
-            parse_record(r#"{"body_base64":"/wA=","properties":{},"headers":{}}"#).unwrap();
-        assert_eq!(body, [0xff, 0x00]);
     }
 }

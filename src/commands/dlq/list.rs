@@ -2,13 +2,13 @@
 //! `/api/messages`: one full pass (a rotation: the order stays) counts every
 //! match and keeps the records of the requested page.
 
-use lapin::message::Delivery;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{dlq_depth, export::record, interrupted, select, ToolSession};
+use super::{dlq_depth, interrupted, select, ToolSession};
+use crate::broker::record::record;
 use crate::{
-    broker::dlq_pass::{pass, Fate, Reader, Stop},
+    broker::dlq_pass::{pass, Fate, Message, Reader, Stop},
     config::BrokerConfig,
     domain::failure::Filter,
 };
@@ -40,7 +40,7 @@ struct Lister<'a> {
 }
 
 impl Reader for Lister<'_> {
-    fn decide(&mut self, d: &Delivery) -> Fate {
+    fn decide(&mut self, d: &Message) -> Fate {
         let (wanted, failed, group) = select(self.filter, d);
         if wanted {
             let index = self.page.total;

@@ -3,12 +3,11 @@
 
 use std::{collections::BTreeMap, process::ExitCode};
 
-use lapin::message::Delivery;
 use serde::Serialize;
 
 use super::{dlq_depth, print_lines, select, stop_on_signals, ToolSession};
 use crate::{
-    broker::dlq_pass::{pass, Fate, Reader, Stop},
+    broker::dlq_pass::{pass, Fate, Message, Reader, Stop},
     cli::OutputFormat,
     config::BrokerConfig,
     domain::failure::Filter,
@@ -43,7 +42,7 @@ struct Purger<'a> {
 }
 
 impl Reader for Purger<'_> {
-    fn decide(&mut self, d: &Delivery) -> Fate {
+    fn decide(&mut self, d: &Message) -> Fate {
         let (wanted, _, group) = select(self.filter, d);
         if !wanted {
             return Fate::Rotate;

@@ -4,14 +4,13 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use lapin::message::Delivery;
 use serde::Serialize;
 
 use super::{dlq_depth, print_lines, select, stop_on_signals, ToolSession};
 use crate::{
     broker::{
         self,
-        dlq_pass::{pass, Fate, Reader, Stop},
+        dlq_pass::{pass, Fate, Message, Reader, Stop},
         topology, BrokerError,
     },
     cli::OutputFormat,
@@ -70,7 +69,7 @@ struct Chooser<'a> {
 }
 
 impl Reader for Chooser<'_> {
-    fn decide(&mut self, d: &Delivery) -> Fate {
+    fn decide(&mut self, d: &Message) -> Fate {
         let (selected, failed, _) = select(&self.request.filter, d);
         let reason = failed.reason;
         let wanted = selected
