@@ -220,16 +220,19 @@ pub struct BrokerConfig {
 #[derive(Clone)]
 pub struct AmqpUri(pub AMQPUri);
 
+impl AmqpUri {
+    /// Whether this node is reached over TLS (`amqps://`).
+    pub fn is_tls(&self) -> bool {
+        self.0.scheme == lapin::uri::AMQPScheme::AMQPS
+    }
+}
+
 impl fmt::Debug for AmqpUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "{}://{}:{}/{}",
-            if self.0.scheme == lapin::uri::AMQPScheme::AMQPS {
-                "amqps"
-            } else {
-                "amqp"
-            },
+            if self.is_tls() { "amqps" } else { "amqp" },
             self.0.authority.host,
             self.0.authority.port,
             self.0.vhost

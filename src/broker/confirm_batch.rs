@@ -28,6 +28,9 @@ use lapin::{message::BasicReturnMessage, Confirmation, PublisherConfirm};
 
 use super::{publisher::PublishError, tool_session::CONFIRM_TIMEOUT};
 
+/// A publish sent and not yet confirmed (or why it could not be sent).
+pub type Sent = Result<PublisherConfirm, PublishError>;
+
 /// What [`outcomes`] says of one publish.
 pub type Outcome = Result<(), PublishError>;
 

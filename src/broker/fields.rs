@@ -111,6 +111,15 @@ enum Keep {
     NoExpiration,
 }
 
+/// The properties `fanout-bridge publish` gives a line: persistent, JSON,
+/// a fresh `message_id`.
+pub fn published_properties(message_id: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type(ShortString::from("application/json"))
+        .with_message_id(ShortString::from(message_id))
+}
+
 /// A persistent copy of `props` with `headers`, without `user_id` and, if
 /// asked, without `expiration` (BasicProperties has no "unset").
 fn rebuilt(props: &BasicProperties, headers: FieldTable, keep: Keep) -> BasicProperties {

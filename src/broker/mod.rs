@@ -23,12 +23,15 @@ use std::time::Duration;
 
 use lapin::{
     protocol::{AMQPErrorKind, AMQPSoftError},
-    Connection, ConnectionProperties, ErrorKind,
+    ConnectionProperties, ErrorKind,
 };
 
 use tracing::debug;
 
 use crate::config::BrokerConfig;
+
+/// A broker connection, for the commands that hold one (`check`).
+pub use lapin::Connection;
 
 /// Bounds every broker call made on the worker's consume path (QoS,
 /// consume, cancel, a nack, opening a channel): none may wait for ever on a

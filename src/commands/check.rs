@@ -10,8 +10,6 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use lapin::Connection;
-
 use crate::{
     api::probe,
     broker::{
@@ -157,7 +155,7 @@ fn secrets(cfg: &WorkerConfig) -> Vec<String> {
 
 /// Connects to every node once; keeps the first connection for the queue
 /// checks (queues are cluster-wide: one node answers for all).
-async fn check_nodes(cfg: &BrokerConfig, report: &mut Report) -> Option<Connection> {
+async fn check_nodes(cfg: &BrokerConfig, report: &mut Report) -> Option<broker::Connection> {
     let mut kept = None;
     for (index, node) in cfg.nodes.iter().enumerate() {
         let name = format!("broker {}", node.node());
@@ -169,11 +167,7 @@ async fn check_nodes(cfg: &BrokerConfig, report: &mut Report) -> Option<Connecti
             ),
             Ok(Err(e)) => report.push(name, Err(error_chain(&e))),
             Ok(Ok(conn)) => {
-                let tls = if node.0.scheme == lapin::uri::AMQPScheme::AMQPS {
-                    " over TLS"
-                } else {
-                    ""
-                };
+                let tls = if node.is_tls() { " over TLS" } else { "" };
                 report.push(
                     name,
                     Ok(format!("connected{tls}, vhost {:?}", node.0.vhost)),
@@ -189,7 +183,7 @@ async fn check_nodes(cfg: &BrokerConfig, report: &mut Report) -> Option<Connecti
     kept
 }
 
-async fn check_queues(conn: Option<&Connection>, cfg: &BrokerConfig, report: &mut Report) {
+async fn check_queues(conn: Option<&broker::Connection>, cfg: &BrokerConfig, report: &mut Report) {
     let queues = [
         ("queue", cfg.queue.as_str(), Role::Inbound { dlq: &cfg.dlq }),
         ("dlq", cfg.dlq.as_str(), Role::Dlq),
@@ -214,7 +208,7 @@ async fn check_queues(conn: Option<&Connection>, cfg: &BrokerConfig, report: &mu
 /// Absent passes; present must take the worker's own declaration (same
 /// durability and arguments), which then changes nothing.
 async fn check_queue(
-    conn: &Connection,
+    conn: &broker::Connection,
     queue: &str,
     queue_type: QueueType,
     role: Role<'_>,

@@ -7,14 +7,13 @@ use std::{path::Path, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use lapin::{types::ShortString, BasicProperties, PublisherConfirm};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use serde::Serialize;
 
 use crate::broker::{confirm_batch, tool_session::ToolSession};
 use crate::{
-    broker::{fields::PERSISTENT, publisher::PublishError, topology},
+    broker::{fields, topology},
     cli::OutputFormat,
     config::BrokerConfig,
     domain::message::validate_json,
@@ -166,10 +165,7 @@ pub async fn publish_lines(
                 }
             }
             let id = uuid::Uuid::new_v4().to_string();
-            let props = BasicProperties::default()
-                .with_delivery_mode(PERSISTENT)
-                .with_content_type(ShortString::from("application/json"))
-                .with_message_id(ShortString::from(id.as_str()));
+            let props = fields::published_properties(&id);
             // A publish that cannot even be sent means the channel or the
             // connection is gone: the run stops with that error.
             let confirm = session.publisher.send(&broker.queue, body, props).await?;
@@ -194,11 +190,11 @@ pub async fn publish_lines(
 #[derive(Default)]
 struct Batch {
     lines: Vec<(u64, String)>,
-    confirms: Vec<Result<PublisherConfirm, PublishError>>,
+    confirms: Vec<confirm_batch::Sent>,
 }
 
 impl Batch {
-    fn push(&mut self, line: u64, id: String, confirm: Result<PublisherConfirm, PublishError>) {
+    fn push(&mut self, line: u64, id: String, confirm: confirm_batch::Sent) {
         self.lines.push((line, id));
         self.confirms.push(confirm);
     }
@@ -220,7 +216,7 @@ impl Batch {
                 .properties
                 .message_id()
                 .as_ref()
-                .map(ShortString::as_str)
+                .map(|id| id.as_str())
                 == Some(lines[i].1.as_str())
         })
         .await;
