@@ -10,7 +10,6 @@ use std::{
 
 use bytes::Bytes;
 use futures::{stream::FuturesUnordered, StreamExt};
-use lapin::{message::Delivery, BasicProperties};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -18,9 +17,10 @@ use tracing::{debug, info, warn, Instrument};
 use crate::{
     api::{ApiClient, CallReport, Endpoint},
     broker::{
-        fields,
+        fields::{self, BasicProperties},
         publisher::Publisher,
         settlement::{Settlement, Told},
+        worker_session::Delivery,
     },
     config::{OutagePolicy, WorkerConfig},
     domain::{

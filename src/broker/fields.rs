@@ -2,10 +2,9 @@
 //! only place that knows how the contract's values are spelled on the wire.
 
 use bytes::Bytes;
-use lapin::{
-    types::{AMQPValue, FieldTable, LongString, ShortString},
-    BasicProperties,
-};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+/// A message's AMQP properties (headers included).
+pub use lapin::BasicProperties;
 
 use crate::domain::{
     dead_letter, message::is_header_safe, HeaderValue, InboundMessage, MessageId, TargetSet,

@@ -95,6 +95,15 @@ pub fn is_not_found(e: &lapin::Error) -> bool {
         if matches!(err.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
 }
 
+/// A channel of its own on `conn` (for a passive declare that may close it),
+/// if one opens within [`BROKER_CALL_TIMEOUT`].
+pub async fn open_channel(conn: &Connection) -> Option<lapin::Channel> {
+    tokio::time::timeout(BROKER_CALL_TIMEOUT, conn.create_channel())
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
 /// A connection and the node (`host:port`) it reached.
 pub struct Connected {
     pub conn: Connection,

@@ -4,7 +4,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::{options::BasicQosOptions, Channel, Connection};
+pub use lapin::{message::Delivery, Channel, Consumer};
+use lapin::{
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+    Connection,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -121,6 +126,68 @@ impl WorkerSession {
             Some("the broker closed the publishing channel")
         } else {
             None
+        }
+    }
+
+    /// Sets the prefetch the channel's next consumer gets (RabbitMQ applies
+    /// `basic.qos` with `global=false` to consumers started after it).
+    ///
+    /// # Errors
+    /// A line saying why, when the broker refused or did not answer.
+    pub async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), String> {
+        let qos = self
+            .channel
+            .basic_qos(prefetch, BasicQosOptions { global: false });
+        match tokio::time::timeout(BROKER_CALL_TIMEOUT, qos).await {
+            Ok(Ok(())) => {
+                self.qos = prefetch;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("cannot set the prefetch: {e}")),
+            Err(_) => Err("setting the prefetch timed out".into()),
+        }
+    }
+
+    /// Starts a consumer of `queue` with a fresh tag.
+    ///
+    /// # Errors
+    /// A line saying why, when the broker refused or did not answer.
+    pub async fn consume(&self, queue: &str) -> Result<Consumer, String> {
+        let tag = format!(
+            "fanout-bridge-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let consumed = tokio::time::timeout(
+            BROKER_CALL_TIMEOUT,
+            self.channel.basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await;
+        match consumed {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(format!("cannot consume from {queue:?}: {e}")),
+            Err(_) => Err(format!("consuming from {queue:?} timed out")),
+        }
+    }
+
+    /// Cancels `consumer`: the broker sends it nothing more (its stream ends
+    /// after what was sent before the cancel-ok).
+    ///
+    /// # Errors
+    /// A line saying why, when the broker refused or did not answer.
+    pub async fn cancel(&self, consumer: &Consumer) -> Result<(), String> {
+        let cancel = self
+            .channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default());
+        match tokio::time::timeout(BROKER_CALL_TIMEOUT, cancel).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot cancel the consumer: {e}")),
+            Err(_) => Err("cancelling the consumer timed out".into()),
         }
     }
 

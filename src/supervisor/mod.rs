@@ -9,28 +9,29 @@ mod tasks;
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use lapin::{
-    message::Delivery,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
-    types::FieldTable,
-    Channel, Consumer,
-};
 use tokio::{sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, warn};
 
-use crate::broker::{worker_session::WorkerSession, BROKER_CALL_TIMEOUT};
+use crate::broker::{
+    worker_session::{Channel, Consumer, Delivery, WorkerSession},
+    BROKER_CALL_TIMEOUT,
+};
 use crate::in_flight::{InFlight, IN_FLIGHT};
 use crate::{
     backoff::Backoff,
-    broker::{close_channel, random_node, settlement::Settlement, topology, BrokerError},
+    broker::{
+        self, close_channel, random_node,
+        settlement::{HandBack, Settlement},
+        topology, BrokerError,
+    },
     config::BrokerConfig,
     delivery::DeliveryHandler,
     health::Health,
     metrics::Metrics,
 };
 pub use tasks::guard_delivery;
-use tasks::{ConsumerTasks, REQUEUE};
+use tasks::ConsumerTasks;
 
 /// Reconnect delays: from half a second, doubling, at most 30 s (contract).
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -162,45 +163,17 @@ impl Supervisor {
         let mut prefetch = session.qos;
         loop {
             if prefetch != session.qos {
-                let qos = session
-                    .channel
-                    .basic_qos(prefetch, BasicQosOptions { global: false });
-                match tokio::time::timeout(BROKER_CALL_TIMEOUT, qos).await {
-                    Ok(Ok(())) => session.qos = prefetch,
-                    Ok(Err(e)) => {
-                        tasks.abandon().await;
-                        return End::Fault(format!("cannot set the prefetch: {e}"));
-                    }
-                    Err(_) => {
-                        tasks.abandon().await;
-                        return End::Fault("setting the prefetch timed out".into());
-                    }
+                if let Err(e) = session.set_prefetch(prefetch).await {
+                    tasks.abandon().await;
+                    return End::Fault(e);
                 }
             }
-            let tag = format!(
-                "fanout-bridge-{}-{}",
-                std::process::id(),
-                uuid::Uuid::new_v4().simple()
-            );
-            let consumed = tokio::time::timeout(
-                BROKER_CALL_TIMEOUT,
-                session.channel.basic_consume(
-                    self.broker.queue.as_str().into(),
-                    tag.into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                ),
-            )
-            .await;
+            let consumed = session.consume(&self.broker.queue).await;
             let mut consumer = match consumed {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
+                Ok(c) => c,
+                Err(e) => {
                     tasks.abandon().await;
-                    return End::Fault(format!("cannot consume from {:?}: {e}", self.broker.queue));
-                }
-                Err(_) => {
-                    tasks.abandon().await;
-                    return End::Fault(format!("consuming from {:?} timed out", self.broker.queue));
+                    return End::Fault(e);
                 }
             };
             self.health.set_consuming(true);
@@ -348,14 +321,7 @@ impl Supervisor {
         consumer: &mut Consumer,
         tasks: &ConsumerTasks,
     ) -> Result<(), String> {
-        let cancel = session
-            .channel
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default());
-        match tokio::time::timeout(BROKER_CALL_TIMEOUT, cancel).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("cannot cancel the consumer: {e}")),
-            Err(_) => return Err("cancelling the consumer timed out".into()),
-        }
+        session.cancel(consumer).await?;
         // The consumer's stream ends after the deliveries sent before the
         // cancel-ok; the deadline is a safety net.
         let deadline = Instant::now() + CANCEL_DRAIN;
@@ -405,28 +371,21 @@ impl Supervisor {
     /// already sent it, so those messages wait in the queue (for this or
     /// another worker) rather than in this worker's prefetch.
     async fn stop_consumer(&self, session: &WorkerSession, consumer: &mut Consumer) {
-        let cancel = session
-            .channel
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default());
-        match tokio::time::timeout(BROKER_CALL_TIMEOUT, cancel).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                debug!(error = %e, "cancelling the consumer failed");
-                return;
-            }
-            Err(_) => {
-                debug!("cancelling the consumer timed out");
-                return;
-            }
+        if let Err(e) = session.cancel(consumer).await {
+            debug!(error = %e, "the consumer was not cancelled");
+            return;
         }
         let deadline = Instant::now() + CANCEL_DRAIN;
         let mut returned = 0u32;
         while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await
         {
-            let tag = delivery.delivery_tag;
-            session.acks.register(tag);
-            let nack = session.acks.nack(tag, &delivery.acker, REQUEUE);
-            if let Ok(Ok(true)) = tokio::time::timeout_at(deadline, nack).await {
+            let settlement = Settlement::register(
+                session.acks.clone(),
+                delivery.delivery_tag,
+                delivery.acker.clone(),
+            );
+            let left = deadline.saturating_duration_since(Instant::now());
+            if settlement.hand_back(left).await == HandBack::Sent {
                 returned += 1;
             }
         }
@@ -453,10 +412,7 @@ impl Supervisor {
                 }
                 let refresh = async {
                     if !stats.as_ref().is_some_and(|c| c.status().connected()) {
-                        stats = tokio::time::timeout(BROKER_CALL_TIMEOUT, conn.create_channel())
-                            .await
-                            .ok()
-                            .and_then(Result::ok);
+                        stats = broker::open_channel(&conn).await;
                     }
                     let Some(channel) = &stats else { return };
                     match tokio::time::timeout(BROKER_CALL_TIMEOUT, topology::depth(channel, &dlq))

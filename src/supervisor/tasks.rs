@@ -5,11 +5,13 @@
 use std::{panic::AssertUnwindSafe, time::Duration};
 
 use futures::FutureExt;
-use lapin::{options::BasicNackOptions, Channel};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, warn};
 
-use crate::broker::{worker_session::WorkerSession, BROKER_CALL_TIMEOUT};
+use crate::broker::{
+    worker_session::{Channel, WorkerSession},
+    BROKER_CALL_TIMEOUT,
+};
 use crate::{
     broker::{
         close_channel,
@@ -87,11 +89,6 @@ impl ConsumerTasks {
         }
     }
 }
-
-pub(super) const REQUEUE: BasicNackOptions = BasicNackOptions {
-    multiple: false,
-    requeue: true,
-};
 
 /// The life of one delivery task: `handled` (the handler working on the
 /// delivery) runs to its end unless `token` is cancelled first (its consumer
