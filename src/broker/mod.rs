@@ -5,6 +5,7 @@
 pub mod acks;
 pub mod confirm_batch;
 pub mod dlq_copies;
+pub mod dlq_depth;
 pub mod dlq_lock;
 pub mod dlq_pass;
 mod dlq_settle;

@@ -13,17 +13,14 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, warn};
 
-use crate::broker::{
-    worker_session::{Channel, Consumer, Delivery, WorkerSession},
-    BROKER_CALL_TIMEOUT,
-};
+use crate::broker::worker_session::{Consumer, Delivery, WorkerSession};
 use crate::in_flight::{InFlight, IN_FLIGHT};
 use crate::{
     backoff::Backoff,
     broker::{
-        self, close_channel, random_node,
+        self, random_node,
         settlement::{HandBack, Settlement},
-        topology, BrokerError,
+        BrokerError,
     },
     config::BrokerConfig,
     delivery::DeliveryHandler,
@@ -35,11 +32,8 @@ use tasks::ConsumerTasks;
 
 /// Reconnect delays: from half a second, doubling, at most 30 s (contract).
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-/// How often the connections are checked and the DLQ depth refreshed.
+/// How often the connections are checked.
 const TICK: Duration = Duration::from_secs(1);
-/// How often the DLQ depth gauge is refreshed, by a task of its own so no
-/// broker call of it can hold up the consume loop.
-const DLQ_DEPTH_EVERY: Duration = Duration::from_secs(5);
 /// After a hold pause, how long the old consumer's deliveries may still
 /// finish before they are abandoned and the new consumer starts.
 const HOLD_FINISH_GRACE: Duration = Duration::from_secs(5);
@@ -108,7 +102,12 @@ impl Supervisor {
                     self.health.set_connected(true);
                     self.metrics.set_broker_node(Some(&session.node));
                     info!(node = %session.node, queue = %self.broker.queue, dlq = %self.broker.dlq, prefetch = self.prefetch, "connected to the broker");
-                    session.depth_task = Some(self.spawn_dlq_depth(&session));
+                    session.depth_task = Some(broker::dlq_depth::spawn_gauge(
+                        Arc::clone(&session.publish_conn),
+                        session.token.clone(),
+                        self.broker.dlq.clone(),
+                        self.metrics.dlq_depth.clone(),
+                    ));
                     let end = self.consume(&mut session, &shutdown).await;
                     self.health.set_consuming(false);
                     match end {
@@ -392,47 +391,6 @@ impl Supervisor {
         if returned > 0 {
             debug!(returned, "handed prefetched messages back to the queue");
         }
-    }
-
-    /// Refreshes the DLQ depth gauge every few seconds on a channel of its
-    /// own (a passive declare of a missing queue closes its channel), every
-    /// broker call bounded, until the session ends.
-    fn spawn_dlq_depth(&self, session: &WorkerSession) -> tokio::task::JoinHandle<()> {
-        let conn = Arc::clone(&session.publish_conn);
-        let token = session.token.clone();
-        let dlq = self.broker.dlq.clone();
-        let gauge = self.metrics.dlq_depth.clone();
-        tokio::spawn(async move {
-            let mut stats: Option<Channel> = None;
-            let mut every = tokio::time::interval(DLQ_DEPTH_EVERY);
-            loop {
-                tokio::select! {
-                    () = token.cancelled() => break,
-                    _ = every.tick() => {}
-                }
-                let refresh = async {
-                    if !stats.as_ref().is_some_and(|c| c.status().connected()) {
-                        stats = broker::open_channel(&conn).await;
-                    }
-                    let Some(channel) = &stats else { return };
-                    match tokio::time::timeout(BROKER_CALL_TIMEOUT, topology::depth(channel, &dlq))
-                        .await
-                    {
-                        Ok(Ok(depth)) => gauge.set(i64::from(depth)),
-                        Ok(Err(BrokerError::QueueMissing(_))) => gauge.set(0),
-                        Ok(Err(e)) => debug!(error = %e, "cannot read the DLQ depth"),
-                        Err(_) => debug!("reading the DLQ depth timed out"),
-                    }
-                };
-                tokio::select! {
-                    () = token.cancelled() => break,
-                    () = refresh => {}
-                }
-            }
-            if let Some(channel) = &stats {
-                close_channel(channel).await;
-            }
-        })
     }
 
     /// Waits for in-flight deliveries, at most the grace period; then has
