@@ -1,4 +1,4 @@
-use super::*;
+use super::{endpoint::url_credentials, *};
 use crate::metrics::Metrics;
 use requests::test_message as message;
 
