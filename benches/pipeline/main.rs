@@ -25,7 +25,9 @@
 //! Modules: `config` (BENCH_* settings), `broker` (queues, pre-fill,
 //! cleanup), `process` (/proc sampling, child guards), `http` (reqwest polls,
 //! OTLP receiver), `scenarios` (runs, the bare consumers), `workers` (the
-//! worker processes under test), `stats`, `report` (tables), `targets`.
+//! worker processes under test), `stats`, `report` (tables), `targets`,
+//! `sizes` and `sweep_report` (`BENCH_SIZES`: the size sweep of issue 22
+//! against a bare job, instead of the scenarios above).
 //!
 //! Every queue is fresh (`bench.pipeline.<random>`) and deleted after its run
 //! and again at the end, also after an error or a panic; every child process
