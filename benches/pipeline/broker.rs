@@ -43,6 +43,30 @@ pub fn fresh_queue(kind: &str) -> String {
     name
 }
 
+/// Messages in `queue` now (passive declare), for the "nothing lost" check.
+pub async fn depth(amqp: &str, queue: &str) -> Res<u32> {
+    let conn = connect(amqp, "depth").await?;
+    let r = async {
+        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("passive declare of {queue}: {e}"))?;
+        let _ = ch.close(200, "done".into()).await;
+        Ok(q.message_count())
+    }
+    .await;
+    let _ = conn.close(200, "done".into()).await;
+    r
+}
+
 /// Declared the way the worker declares it: durable, classic, no arguments.
 async fn declare(ch: &Channel, queue: &str) -> Res<u32> {
     ch.queue_declare(
@@ -58,8 +82,30 @@ async fn declare(ch: &Channel, queue: &str) -> Res<u32> {
     .map_err(|e| format!("declaring {queue}: {e}"))
 }
 
+/// A JSON body of exactly `size` bytes (`{"i":N,"pad":"xxx…"}`), for the
+/// size sweep; at least as long as its head.
+pub fn sized_body(i: usize, size: usize) -> Vec<u8> {
+    let mut b = format!("{{\"i\":{i},\"pad\":\"").into_bytes();
+    let pad = size.saturating_sub(b.len() + 2);
+    b.resize(b.len() + pad, b'x');
+    b.extend_from_slice(b"\"}");
+    b
+}
+
 /// Publishes `n` persistent messages with confirms, and checks the depth.
 pub async fn prefill(amqp: &str, queue: &str, n: usize) -> Res<()> {
+    prefill_sized(amqp, queue, n, 0).await
+}
+
+/// As [`prefill`], with bodies of `size` bytes (0: the usual ≈157-byte
+/// event). Big bodies keep fewer confirms outstanding (≈ 256 MiB at most).
+pub async fn prefill_sized(amqp: &str, queue: &str, n: usize, size: usize) -> Res<()> {
+    let window = if size == 0 {
+        CONFIRM_WINDOW
+    } else {
+        (256 << 20) / size.max(1)
+    }
+    .clamp(1, CONFIRM_WINDOW);
     let conn = connect(amqp, "prefill").await?;
     let result = async {
         let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
@@ -85,13 +131,17 @@ pub async fn prefill(amqp: &str, queue: &str, n: usize) -> Res<()> {
                         mandatory: true,
                         ..Default::default()
                     },
-                    &body(i),
+                    &if size == 0 {
+                        body(i)
+                    } else {
+                        sized_body(i, size)
+                    },
                     props,
                 )
                 .await
                 .map_err(|e| format!("publishing: {e}"))?;
             pending.push_back(confirm);
-            if pending.len() >= CONFIRM_WINDOW {
+            if pending.len() >= window {
                 check(pending.pop_front().unwrap().await)?;
             }
         }

@@ -19,6 +19,8 @@ pub struct Cfg {
     pub node_skipped: &'static str,
     /// `BENCH_OTEL=1`: the bridge with OpenTelemetry export on.
     pub otel: bool,
+    /// `BENCH_SIZES`: run the size sweep (issue 22) instead of the scenarios.
+    pub sizes: Option<Vec<crate::sizes::Size>>,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -92,6 +94,10 @@ impl Cfg {
             node,
             node_skipped,
             otel: env_on("BENCH_OTEL"),
+            sizes: std::env::var("BENCH_SIZES")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| crate::sizes::parse(&v)),
         }
     }
 

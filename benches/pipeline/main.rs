@@ -25,7 +25,9 @@
 //! Modules: `config` (BENCH_* settings), `broker` (queues, pre-fill,
 //! cleanup), `process` (/proc sampling, child guards), `http` (reqwest polls,
 //! OTLP receiver), `scenarios` (runs, the bare consumers), `workers` (the
-//! worker processes under test), `stats`, `report` (tables), `targets`.
+//! worker processes under test), `stats`, `report` (tables), `targets`,
+//! `sizes` and `sweep_report` (`BENCH_SIZES`: the size sweep of issue 22
+//! against a bare job, instead of the scenarios above).
 //!
 //! Every queue is fresh (`bench.pipeline.<random>`) and deleted after its run
 //! and again at the end, also after an error or a panic; every child process
@@ -37,7 +39,9 @@ mod http;
 mod process;
 mod report;
 mod scenarios;
+mod sizes;
 mod stats;
+mod sweep_report;
 mod targets;
 mod workers;
 
@@ -100,6 +104,16 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
         http: &http,
         broker: &broker,
     };
+    if let Some(sizes) = &cfg.sizes {
+        let sink = sizes::Sink::start(rt)?;
+        let results = sizes::sweep(&ctx, &Apis::in_bench(sink.port), sizes);
+        drop(sink);
+        sweep_report::report(cfg, &results);
+        if results.iter().any(|r| !r.errors.is_empty()) {
+            return Err("some runs failed (see above)".into());
+        }
+        return Ok(());
+    }
     let fast_api = Apis::start(&ctx, 0)?;
     let slow_api = Apis::start(&ctx, 20)?;
     let otlp = if cfg.otel {
@@ -129,7 +143,7 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
                     let hold = (s.kind == Kind::Ceiling20).then_some(Duration::from_millis(20));
                     rt.block_on(ceiling_run(cfg, &broker, s.prefetch, s.messages, hold))
                 }
-                _ => worker_run(&ctx, apis, &program, s.prefetch, s.messages, false),
+                _ => worker_run(&ctx, apis, &program, s.prefetch, s.messages, false, 0),
             };
             match result {
                 Ok(r) => {
@@ -169,7 +183,7 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
                 &slow_api
             };
             let n = cfg.latency_messages.min(s.messages);
-            match worker_run(&ctx, api, &Program::Bridge, s.prefetch, n, true) {
+            match worker_run(&ctx, api, &Program::Bridge, s.prefetch, n, true, 0) {
                 Ok(r) => {
                     eprintln!(
                         "latency run  {:<30} pf {:>4}: {:>6} msgs in {:>6.2} s (info logs)   [{:>5.0} s]",
@@ -194,6 +208,9 @@ fn run(cfg: &Cfg, rt: &tokio::runtime::Runtime) -> Res<()> {
 }
 
 fn main() {
+    if let Ok(queue) = std::env::var("BENCH_BARE_JOB") {
+        sizes::bare_job_child(queue);
+    }
     let cfg = Cfg::from_env();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

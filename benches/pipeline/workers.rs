@@ -14,7 +14,7 @@ use tokio::runtime::Runtime;
 
 use crate::{
     bin,
-    broker::{delete_queues, fresh_queue, prefill, remember_queue},
+    broker::{delete_queues, depth, fresh_queue, prefill_sized, remember_queue},
     config::Cfg,
     http::{gauge, metric, tail, Http, OtlpReceiver},
     process::{free_port, tcp_active_opens, vm_hwm_kib, ChildGuard, SplitProbe},
@@ -45,14 +45,15 @@ pub enum Program<'a> {
 /// The stand-ins of one latency: one process serving both paths, or (with
 /// `BENCH_SEPARATE_APIS=1`) one per API, as two real APIs would be.
 pub struct Apis {
-    user: (ChildGuard, u16),
+    user: (Option<ChildGuard>, u16),
     log: Option<(ChildGuard, u16)>,
 }
 
 impl Apis {
     pub fn start(ctx: &Ctx, latency_ms: u64) -> Res<Apis> {
+        let (guard, port) = start_demo_api(ctx, latency_ms, "users")?;
         Ok(Apis {
-            user: start_demo_api(ctx, latency_ms, "users")?,
+            user: (Some(guard), port),
             log: if ctx.cfg.separate_apis {
                 Some(start_demo_api(ctx, latency_ms, "logs")?)
             } else {
@@ -60,15 +61,26 @@ impl Apis {
             },
         })
     }
-    fn urls(&self) -> (String, String) {
+    pub fn urls(&self) -> (String, String) {
         let log_port = self.log.as_ref().map_or(self.user.1, |l| l.1);
         (
             format!("http://127.0.0.1:{}/users", self.user.1),
             format!("http://127.0.0.1:{log_port}/logs"),
         )
     }
+    /// Both paths on a server this benchmark runs itself (the size sweep's
+    /// sink): no child process, so no stand-in CPU column.
+    pub fn in_bench(port: u16) -> Apis {
+        Apis {
+            user: (None, port),
+            log: None,
+        }
+    }
     fn pids(&self) -> Vec<u32> {
-        std::iter::once(self.user.0.pid())
+        self.user
+            .0
+            .iter()
+            .map(ChildGuard::pid)
             .chain(self.log.as_ref().map(|l| l.0.pid()))
             .collect()
     }
@@ -109,6 +121,8 @@ fn start_demo_api(ctx: &Ctx, latency_ms: u64, role: &str) -> Res<(ChildGuard, u1
 
 /// One run of `program` over `n` pre-filled messages. `latency`: the bridge
 /// logs at info as JSON, and each message's `total_ms` is read back.
+/// `size`: bodies of that many bytes (0: the usual event); with a size, the
+/// queue and the DLQ must both be empty afterwards (nothing lost).
 pub fn worker_run(
     ctx: &Ctx,
     apis: &Apis,
@@ -116,13 +130,14 @@ pub fn worker_run(
     prefetch: u16,
     n: usize,
     latency: bool,
+    size: usize,
 ) -> Res<Run> {
     let (cfg, rt) = (ctx.cfg, ctx.rt);
     let queue = fresh_queue("in");
     let dlq = format!("{queue}.dlq");
     remember_queue(&dlq);
     let result = (|| {
-        rt.block_on(prefill(&cfg.amqp, &queue, n))?;
+        rt.block_on(prefill_sized(&cfg.amqp, &queue, n, size))?;
         let metrics_port = free_port();
         let log = cfg.out_dir.join(format!("{queue}.log"));
         let stderr = fs::File::create(&log).map_err(|e| e.to_string())?;
@@ -239,6 +254,16 @@ pub fn worker_run(
         match worker.stop() {
             Some(s) if s.success() => {}
             other => eprintln!("  {name} did not exit cleanly: {other:?}"),
+        }
+        if size > 0 {
+            let left = rt.block_on(depth(&cfg.amqp, &queue))?;
+            let dead = rt.block_on(depth(&cfg.amqp, &dlq)).unwrap_or(0);
+            if left > 0 || dead > 0 {
+                return Err(format!(
+                    "lost: {left} messages left in the queue, {dead} in the DLQ (see {})",
+                    log.display()
+                ));
+            }
         }
         let total_ms = if latency {
             settled_latencies(&log)
