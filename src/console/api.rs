@@ -176,12 +176,18 @@ async fn replay_pass(c: Arc<Console>, body: Bytes) -> ApiResult {
         dry_run = request.dry_run,
         "console: replay"
     );
-    let status = if report.error.is_some() {
+    Ok(report_response(report.error.is_some(), &report))
+}
+
+/// An action's report: 500 when it stopped part way (the report says how
+/// far it got), else 200.
+fn report_response(stopped: bool, report: &impl serde::Serialize) -> Response {
+    let status = if stopped {
         StatusCode::INTERNAL_SERVER_ERROR
     } else {
         StatusCode::OK
     };
-    Ok(json_response(status, &report))
+    json_response(status, report)
 }
 
 /// `POST /api/purge` `{FILTERS, "all"?, "dry_run"?}`: the `dlq purge
@@ -217,12 +223,7 @@ async fn purge_pass(c: Arc<Console>, body: Bytes) -> ApiResult {
         dry_run = body.dry_run,
         "console: purge"
     );
-    let status = if report.error.is_some() {
-        StatusCode::INTERNAL_SERVER_ERROR
-    } else {
-        StatusCode::OK
-    };
-    Ok(json_response(status, &report))
+    Ok(report_response(report.error.is_some(), &report))
 }
 
 /// `GET /api/export?FILTERS`: the `dlq export` lines as a download. The

@@ -103,7 +103,9 @@ pub(super) fn query(raw: Option<&str>, paging: bool) -> Result<Query, ApiError> 
     Ok(q)
 }
 
-/// The JSON body of a POST.
+/// The JSON body of a POST. The filter fields are spelled out again rather
+/// than flattened from [`FilterFields`]: serde cannot refuse unknown fields
+/// through a flattened struct.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ActionBody {

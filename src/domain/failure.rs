@@ -145,10 +145,10 @@ pub fn payload_error_kind(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn api_failed(targets: &[&str], error: &str) -> Failed {
+    pub(crate) fn api_failed(targets: &[&str], error: &str) -> Failed {
         Failed {
             reason: "api_failed".into(),
             failed_targets: targets.iter().map(|s| (*s).to_owned()).collect(),

@@ -112,16 +112,7 @@ pub fn parse_time(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::failure::group_of;
-
-    fn api_failed(targets: &[&str], error: &str) -> Failed {
-        Failed {
-            reason: "api_failed".into(),
-            failed_targets: targets.iter().map(|s| (*s).to_owned()).collect(),
-            error: error.into(),
-            ..Failed::default()
-        }
-    }
+    use crate::domain::failure::{group_of, tests::api_failed};
 
     #[test]
     fn filters_combine_with_and() {

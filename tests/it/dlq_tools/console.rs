@@ -104,30 +104,6 @@ async fn status_json(r: reqwest::Response) -> (StatusCode, Value) {
     (status, v)
 }
 
-/// A DLQ message as the worker writes it.
-async fn dead_letter(broker: &Broker, id: &str, body: &str, fields: &[(&str, &str)]) {
-    let mut h = headers(fields);
-    h.insert(
-        "tenant".into(),
-        AMQPValue::LongString(LongString::from("acme")),
-    );
-    let props = BasicProperties::default()
-        .with_message_id(id.to_owned().into())
-        .with_content_type("application/json".into())
-        .with_headers(h);
-    broker.publish_to(&broker.dlq, body.as_bytes(), props).await;
-}
-
-fn api_failed<'a>(target: &'a str, error: &'a str, at: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("x-bridge-reason", "api_failed"),
-        ("x-bridge-failed-targets", target),
-        ("x-bridge-done-targets", ""),
-        ("x-bridge-error", error),
-        ("x-bridge-dead-lettered-at", at),
-    ]
-}
-
 const LOGGING_503: &str = "api_failed · logging: HTTP 503";
 const USERS_400: &str = "api_failed · user-management: HTTP 400";
 
@@ -143,16 +119,16 @@ async fn dlq(broker: &Broker) {
             format!("{{\"customer\":\"c-{i}\"}}")
         };
         let at = format!("2026-12-0{}T10:00:00Z", 1 + i % 3);
-        let f = api_failed("logging", "logging: HTTP 503 after 3 attempts", &at);
-        dead_letter(broker, &format!("m-{i}"), &body, &f).await;
+        let f = api_failed_fields("logging", "logging: HTTP 503 after 3 attempts", &at);
+        put_dead_letter(broker, &format!("m-{i}"), &body, &f, 0).await;
     }
     for i in 0..2 {
-        let f = api_failed(
+        let f = api_failed_fields(
             "user-management",
             "user-management: HTTP 400 after 1 attempt",
             "2026-12-02T12:00:00Z",
         );
-        dead_letter(broker, &format!("u-{i}"), "{\"customer\":\"bad\"}", &f).await;
+        put_dead_letter(broker, &format!("u-{i}"), "{\"customer\":\"bad\"}", &f, 0).await;
     }
     let f = [
         ("x-bridge-reason", "invalid_payload"),
@@ -164,7 +140,7 @@ async fn dlq(broker: &Broker) {
         ),
         ("x-bridge-dead-lettered-at", "2026-12-03T10:00:00Z"),
     ];
-    dead_letter(broker, "bad-0", "{\"a\":", &f).await;
+    put_dead_letter(broker, "bad-0", "{\"a\":", &f, 0).await;
 }
 
 fn group<'a>(g: &'a Value, label: &str) -> &'a Value {
@@ -347,11 +323,12 @@ async fn replay_a_group_purge_with_and_without_all_and_export() {
         dlq_ids(&broker.drain(&broker.dlq).await),
         ["m-1", "m-2", "m-3", "bad-0"]
     );
-    dead_letter(
+    put_dead_letter(
         &broker,
         "late",
         "{}",
-        &api_failed("logging", "logging: timed out", "2026-12-04T00:00:00Z"),
+        &api_failed_fields("logging", "logging: timed out", "2026-12-04T00:00:00Z"),
+        0,
     )
     .await;
     let (status, r) = console.post("/api/purge", json!({"all": true})).await;

@@ -4,41 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::{
-    options::QueueDeclareOptions,
-    types::{AMQPValue, FieldTable, LongString},
-    BasicProperties,
-};
+use lapin::{options::QueueDeclareOptions, types::FieldTable, BasicProperties};
 use serde_json::Value;
 
 use crate::helpers::*;
-
-/// A DLQ message as the worker writes it.
-async fn dead_letter(broker: &Broker, id: &str, body: &str, fields: &[(&str, &str)], replays: i64) {
-    let mut h = headers(fields);
-    if replays > 0 {
-        h.insert("x-bridge-replays".into(), AMQPValue::LongLongInt(replays));
-    }
-    h.insert(
-        "tenant".into(),
-        AMQPValue::LongString(LongString::from("acme")),
-    );
-    let props = BasicProperties::default()
-        .with_message_id(id.to_owned().into())
-        .with_content_type("application/json".into())
-        .with_headers(h);
-    broker.publish_to(&broker.dlq, body.as_bytes(), props).await;
-}
-
-fn api_failed<'a>(target: &'a str, error: &'a str, at: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("x-bridge-reason", "api_failed"),
-        ("x-bridge-failed-targets", target),
-        ("x-bridge-done-targets", ""),
-        ("x-bridge-error", error),
-        ("x-bridge-dead-lettered-at", at),
-    ]
-}
 
 /// 5 logging 503s (one replayed before), 2 user-management 400s, 3 bodies
 /// that are not JSON, interleaved, with times from 2026-12-01 to 12-03.
@@ -49,8 +18,8 @@ async fn realistic_dlq(broker: &Broker) {
         match i % 10 {
             0 | 2 | 4 | 6 | 8 => {
                 let at = format!("2026-12-0{}T10:00:00Z", 1 + i / 4);
-                let f = api_failed("logging", "logging: HTTP 503 after 3 attempts", &at);
-                dead_letter(
+                let f = api_failed_fields("logging", "logging: HTTP 503 after 3 attempts", &at);
+                put_dead_letter(
                     broker,
                     &id,
                     &format!("{{\"customer\":\"c-{i}\"}}"),
@@ -60,12 +29,12 @@ async fn realistic_dlq(broker: &Broker) {
                 .await;
             }
             1 | 5 => {
-                let f = api_failed(
+                let f = api_failed_fields(
                     "user-management",
                     "user-management: HTTP 400 after 1 attempt",
                     "2026-12-02T10:00:00Z",
                 );
-                dead_letter(broker, &id, "{\"customer\":\"bad\"}", &f, 0).await;
+                put_dead_letter(broker, &id, "{\"customer\":\"bad\"}", &f, 0).await;
             }
             _ => {
                 let f = [
@@ -78,7 +47,7 @@ async fn realistic_dlq(broker: &Broker) {
                     ),
                     ("x-bridge-dead-lettered-at", "2026-12-03T10:00:00Z"),
                 ];
-                dead_letter(broker, &id, "{\"a\":", &f, 0).await;
+                put_dead_letter(broker, &id, "{\"a\":", &f, 0).await;
             }
         }
     }

@@ -1058,3 +1058,45 @@ pub fn assert_dead_lettered(d: &lapin::message::Delivery, want: &DeadLettered<'_
         "a DLQ copy has a message_id"
     );
 }
+
+// === DLQ messages as the worker writes them ===
+
+/// Puts a message in the test's DLQ as the worker would have dead-lettered
+/// it: `fields` as `x-bridge-*` headers, `x-bridge-replays` when `replays`
+/// is above 0, and a header of the message's own (`tenant: acme`).
+pub async fn put_dead_letter(
+    broker: &Broker,
+    id: &str,
+    body: &str,
+    fields: &[(&str, &str)],
+    replays: i64,
+) {
+    let mut h = headers(fields);
+    if replays > 0 {
+        h.insert("x-bridge-replays".into(), AMQPValue::LongLongInt(replays));
+    }
+    h.insert(
+        "tenant".into(),
+        AMQPValue::LongString(LongString::from("acme")),
+    );
+    let props = BasicProperties::default()
+        .with_message_id(id.to_owned().into())
+        .with_content_type("application/json".into())
+        .with_headers(h);
+    broker.publish_to(&broker.dlq, body.as_bytes(), props).await;
+}
+
+/// The `x-bridge-*` headers of an `api_failed` message.
+pub fn api_failed_fields<'a>(
+    target: &'a str,
+    error: &'a str,
+    at: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("x-bridge-reason", "api_failed"),
+        ("x-bridge-failed-targets", target),
+        ("x-bridge-done-targets", ""),
+        ("x-bridge-error", error),
+        ("x-bridge-dead-lettered-at", at),
+    ]
+}
