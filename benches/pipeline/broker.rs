@@ -3,9 +3,13 @@
 use std::sync::Mutex;
 
 use lapin::{
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions},
+    options::{
+        BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    },
     types::FieldTable,
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    PublisherConfirm,
 };
 
 use crate::Res;
@@ -33,6 +37,30 @@ pub async fn connect(amqp: &str, role: &str) -> Res<Connection> {
     )
     .await
     .map_err(|e| format!("connecting to {amqp}: {e}"))
+}
+
+/// A channel on `conn` with `prefetch` and a consumer `tag` of `queue` on
+/// it: the bare consumers' set-up.
+pub async fn consume(
+    conn: &Connection,
+    queue: &str,
+    prefetch: u16,
+    tag: &str,
+) -> Res<(Channel, Consumer)> {
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    ch.basic_qos(prefetch, BasicQosOptions { global: false })
+        .await
+        .map_err(|e| e.to_string())?;
+    let consumer = ch
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((ch, consumer))
 }
 
 /// A fresh queue name, remembered for the final cleanup.

@@ -4,10 +4,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::{
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
-    types::FieldTable,
-};
+use lapin::options::BasicAckOptions;
 
 use crate::{
     broker::{connect, delete_queues, fresh_queue, prefill},
@@ -132,19 +129,8 @@ pub async fn ceiling_run(
         prefill(&cfg.amqp, &queue, n).await?;
         let conn = connect(&cfg.amqp, "ceiling consumer").await?;
         let result = async {
-            let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-            ch.basic_qos(prefetch, BasicQosOptions { global: false })
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut consumer = ch
-                .basic_consume(
-                    queue.as_str().into(),
-                    "bench-ceiling".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            let (ch, mut consumer) =
+                crate::broker::consume(&conn, &queue, prefetch, "bench-ceiling").await?;
             let probe = SplitProbe {
                 worker: None,
                 api: Vec::new(),

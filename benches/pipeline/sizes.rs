@@ -14,10 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use lapin::{
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
-    types::FieldTable,
-};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 
 use crate::{
     broker::{connect, delete_queues, fresh_queue, prefill_sized},
@@ -260,19 +257,7 @@ pub fn bare_job_child(queue: String) -> ! {
         let client: Client<_, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build_http();
         let conn = connect(&amqp, "bare job").await?;
-        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-        ch.basic_qos(prefetch, BasicQosOptions { global: false })
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut consumer = ch
-            .basic_consume(
-                queue.as_str().into(),
-                "bench-bare-job".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        let (ch, mut consumer) = crate::broker::consume(&conn, &queue, prefetch, "bench-bare-job").await?;
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
         let (mut start, mut acked, mut settled) = (None, 0usize, 0usize);
         while settled < n {
