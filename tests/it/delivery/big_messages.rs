@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use lapin::BasicProperties;
 use tokio::net::TcpListener;
 
-use crate::helpers::{vars, wait_until, Broker, Process};
+use crate::helpers::{peak_rss, vars, wait_until, Broker, Process};
 
 const MIB: usize = 1024 * 1024;
 
@@ -122,17 +122,6 @@ fn big_json(size: usize, i: usize) -> Vec<u8> {
     body
 }
 
-/// The worker's peak resident set, in bytes (`VmHWM`).
-fn peak_rss(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status");
-    kib * 1024
-}
-
 /// The length of the logging envelope around a body of `len` bytes.
 fn envelope_len(len: usize, id: &str) -> usize {
     r#"{"event":"user.registered","data":,"message_id":""}"#.len() + len + id.len()
@@ -167,7 +156,7 @@ async fn memory_stays_within_the_byte_budget_whatever_the_prefetch() {
     settings.extend(vars(&[("BRIDGE_PREFETCH", "64")]));
     let mut worker = Process::start(&broker, settings).await;
     wait_acked(&worker, COUNT, Duration::from_secs(180)).await;
-    let peak = peak_rss(worker.child.id());
+    let peak = peak_rss(worker.child.id()).expect("VmHWM in /proc/<pid>/status");
     assert_eq!(
         worker
             .metric("bridge_messages_total{outcome=\"dead_lettered\"}")

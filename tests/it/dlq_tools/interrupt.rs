@@ -225,15 +225,8 @@ async fn peak_rss_kib(child: &mut tokio::process::Child) -> u64 {
     let pid = child.id().unwrap();
     let mut peak = 0;
     loop {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kib) = status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                peak = peak.max(kib);
-            }
+        if let Some(bytes) = peak_rss(pid) {
+            peak = peak.max(bytes as u64 / 1024);
         }
         if let Ok(Some(_)) = child.try_wait() {
             return peak;

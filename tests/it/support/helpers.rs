@@ -1100,3 +1100,13 @@ pub fn api_failed_fields<'a>(
         ("x-bridge-dead-lettered-at", at),
     ]
 }
+
+/// A process's peak resident set in bytes (`VmHWM`), while it runs.
+pub fn peak_rss(pid: u32) -> Option<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kib * 1024)
+}
